@@ -1,0 +1,283 @@
+"""The launch-backend interface and the plain data that crosses it.
+
+No Django here: a backend is built from a typed site configuration, turns a JobRequest into a
+LaunchSpec (pure validation), runs it, and reports what it sees as Observations. The `jobs` app
+stores those observations; backends never touch the database.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+MANAGED_BY = "flare-launcher"
+# Label keys put on every container / pod / process the launcher starts, so that after a restart
+# everything it manages can be found again without the database.
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_SITE = "flare-launcher/site"
+LABEL_JOB_PK = "flare-launcher/job"
+LABEL_JOB_ID = "flare-launcher/nvflare-job-id"
+LABEL_STUDY = "flare-launcher/study"
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ABORTED = "aborted"
+    LAUNCH_FAILED = "launch_failed"
+    LOST = "lost"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.ABORTED, JobState.LAUNCH_FAILED, JobState.LOST}
+)
+
+
+class ReturnCode(enum.IntEnum):
+    """NVFlare's JobReturnCode."""
+
+    SUCCESS = 0
+    EXECUTION_ERROR = 1
+    ABORTED = 9
+    EXCEPTION = 101
+    UNSAFE_COMPONENT = 102
+    CONFIG_ERROR = 103
+    INFRASTRUCTURE_ERROR = 104
+    UNKNOWN = 127
+
+
+def state_for_return_code(code: int) -> JobState:
+    """Terminal state that a finished job's NVFlare return code stands for."""
+    if code == ReturnCode.SUCCESS:
+        return JobState.SUCCEEDED
+    if code == ReturnCode.ABORTED:
+        return JobState.ABORTED
+    return JobState.FAILED
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+
+class BackendError(Exception):
+    """A backend operation failed. `retryable` says whether the same call may succeed later
+    (daemon unreachable, 5xx) or never will (missing image, bad mount)."""
+
+    def __init__(self, message: str, *, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class InvalidJobSpec(BackendError):
+    """The job request or site configuration cannot be launched. `field` is the dotted path of
+    the offending input (e.g. ``job_meta.launcher_spec.site-1.docker.privileged``)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}", retryable=False)
+        self.field = field
+        self.reason = message
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetSpec:
+    study: str
+    name: str
+    source: str  # host path (docker/process) or PVC claim name (kubernetes)
+    mode: str  # "ro" | "rw"
+
+    @property
+    def mount_path(self) -> str:
+        return f"/data/{self.study}/{self.name}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyRuntime:
+    """What the site configured for one study (v1 datasets plus the v2 keys the backends use)."""
+
+    name: str
+    datasets: tuple[DatasetSpec, ...] = ()
+    image: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    docker_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    pod_template: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobRequest:
+    """A launch request as the FL parent sends it: NVFlare job meta plus JOB_PROCESS_ARGS."""
+
+    site: str  # NVFlare site name, e.g. "site-1"
+    job_pk: str  # the dashboard's id of the job record
+    job_id: str  # NVFlare job id
+    role: str = "client"  # "client" | "server"
+    job_meta: Mapping[str, Any] = field(default_factory=dict)
+    job_args: Mapping[str, Any] = field(default_factory=dict)  # name -> (flag, value)
+    set_options: tuple[str, ...] = ()  # the parent's `args.set` list, rendered after --set
+    study: StudyRuntime | None = None  # resolved from the site's studies; None -> no mounts
+    byoc: bool = False  # set by the site, never by the submitter
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchSpec:
+    """A validated, fully resolved launch. `options` holds backend-specific resolved settings
+    (Docker run kwargs, the Kubernetes manifest...). `credentials` never leave the job's env."""
+
+    backend: str
+    site: str
+    job_pk: str
+    job_id: str
+    role: str
+    name: str  # deterministic container / pod / process name
+    image: str | None
+    command: tuple[str, ...]
+    env: Mapping[str, str]
+    credentials: Mapping[str, str]
+    labels: Mapping[str, str]
+    study: str | None = None
+    datasets: tuple[DatasetSpec, ...] = ()
+    workdir: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def redacted(self) -> dict[str, Any]:
+        """The spec as stored on the job: credential values replaced, everything else kept."""
+        data = asdict(self)
+        data["credentials"] = {name: "***" for name in self.credentials}
+        return _redact_values(data, set(self.credentials.values()))
+
+
+def _redact_values(value: Any, secrets: set[str]) -> Any:
+    # Belt and braces: a credential value that slipped into any other field is masked too.
+    if isinstance(value, str):
+        return "***" if value in secrets and value else value
+    if isinstance(value, Mapping):
+        return {k: _redact_values(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact_values(v, secrets) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Handle:
+    """Opaque reference to a running workload, stored as JSON on the job."""
+
+    backend: str
+    ref: str  # container name, pod name, process name
+
+    def as_dict(self) -> dict[str, str]:
+        return {"backend": self.backend, "ref": self.ref}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Observation:
+    """What a backend saw about one workload at one moment.
+
+    kind "state": the workload is in `state` (which may equal the job's current state).
+    kind "event": a note worth showing on the job's timeline (image pull, pending reason) that
+    does not by itself change the state.
+    """
+
+    ref: str
+    state: JobState
+    job_pk: str | None = None  # from the workload's labels
+    kind: str = "state"
+    exit_code: int | None = None  # raw exit code from the engine
+    return_code: int | None = None  # NVFlare JobReturnCode, for terminal states
+    reason: str = ""  # short machine-ish reason: "OOMKilled", "ErrImagePull", "vanished"
+    message: str = ""  # what an admin reads
+    at: float | None = None  # engine timestamp, epoch seconds
+    event_id: str | None = None  # for de-duplicating replayed events
+    logs_tail: str | None = None  # saved before the workload is removed
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# The interface
+# ---------------------------------------------------------------------------------------------
+
+
+class Backend(abc.ABC):
+    """One site's runtime. Built from that site's typed configuration.
+
+    Every method is idempotent and bounded in time; failures raise BackendError(retryable=...).
+    """
+
+    kind: ClassVar[str]
+
+    @abc.abstractmethod
+    def prepare(self, request: JobRequest) -> LaunchSpec:
+        """Validate the request against NVFlare's rules for this backend and resolve it into a
+        LaunchSpec. Pure: no engine calls. Raises InvalidJobSpec naming the offending field."""
+
+    @abc.abstractmethod
+    def launch(self, spec: LaunchSpec) -> Handle:
+        """Create and start the workload. If it already exists (same deterministic name), adopt
+        it and return its handle: never start a second one. Leaves nothing half-created on error."""
+
+    @abc.abstractmethod
+    def inspect(self, handle: Handle) -> Observation:
+        """Current state. A workload that no longer exists is reported with state LOST and
+        reason "vanished" (callers decide whether that means aborted)."""
+
+    @abc.abstractmethod
+    def list_managed(self) -> list[Observation]:
+        """Every workload this site manages, found by label."""
+
+    @abc.abstractmethod
+    def terminate(self, handle: Handle) -> Observation:
+        """Stop the workload. Idempotent: an already-gone workload counts as aborted (9)."""
+
+    @abc.abstractmethod
+    def logs(self, handle: Handle, *, tail: int = 200) -> str:
+        """The last `tail` lines of the workload's output ("" when unavailable)."""
+
+    @abc.abstractmethod
+    def cleanup(self, handle: Handle) -> None:
+        """Remove a finished workload once its record is complete. Missing is fine."""
+
+    @abc.abstractmethod
+    def stream(self, stop: threading.Event) -> Iterator[Observation]:
+        """Yield observations as the engine reports changes, until `stop` is set. Raises
+        BackendError(retryable=True) when the connection drops; callers reconnect and reconcile."""
+
+    @abc.abstractmethod
+    def check_connection(self) -> list[CheckResult]:
+        """Site "test connection": each check with a detail an admin understands."""
+
+
+def labels_for(*, site: str, job_pk: str, job_id: str, study: str | None) -> dict[str, str]:
+    """The label set every managed workload carries (values are sanitised by each backend)."""
+    return {
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_SITE: site,
+        LABEL_JOB_PK: str(job_pk),
+        LABEL_JOB_ID: job_id,
+        LABEL_STUDY: study or "",
+    }

@@ -1,0 +1,229 @@
+"""NVFlare's rules for turning job meta and JOB_PROCESS_ARGS into a command line, shared by every
+backend (launch-semantics.md §1-§2). Pure functions; errors are InvalidJobSpec naming the field."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from backends.base import InvalidJobSpec
+
+# Upstream submission accepts this for job ids; NVFlare jobs are uuid4 strings in practice.
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+JOB_ID_MAX_LENGTH = 128
+# Study and dataset names, everywhere in NVFlare.
+NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$")
+NAME_RULE = "1-63 characters: lower-case letters, digits, '_' and '-', starting and ending with a letter or digit"
+
+MODES = ("process", "docker", "k8s", "slurm")
+ROLES = ("client", "server")
+
+# JobProcessArgs names in the order each role renders them as flags.
+CLIENT_ARG_ORDER = (
+    "workspace", "startup_dir", "job_id", "client_name", "parent_url", "parent_conn_sec",
+    "target", "scheme", "startup_config_file",
+)
+SERVER_ARG_ORDER = (
+    "workspace", "startup_config_file", "app_root", "job_id", "parent_url", "parent_conn_sec",
+    "root_url", "service_host", "service_port",
+)
+KNOWN_ARGS = frozenset(
+    {"exe_module", "workspace", "startup_dir", "app_root", "auth_token", "auth_signature", "ssid",
+     "job_id", "client_name", "root_url", "parent_url", "parent_conn_sec", "service_host",
+     "service_port", "target", "scheme", "startup_config_file", "restore_snapshot", "options"}
+)
+# Credentials never go into argv: they travel as these environment variables (JobProcessEnv).
+CREDENTIAL_ENV = {
+    "auth_token": "NVFLARE_JOB_AUTH_TOKEN",
+    "auth_signature": "NVFLARE_JOB_TOKEN_SIGNATURE",
+    "ssid": "NVFLARE_JOB_SSID",
+}
+
+DEFAULT_PYTHON_PATH = "/usr/local/bin/python"
+
+
+def check_job_id(job_id: Any, field: str = "job_id") -> str:
+    if not isinstance(job_id, str) or not job_id:
+        raise InvalidJobSpec(field, "a job id is required")
+    if len(job_id) > JOB_ID_MAX_LENGTH:
+        raise InvalidJobSpec(field, f"must be at most {JOB_ID_MAX_LENGTH} characters")
+    if not JOB_ID_RE.match(job_id):
+        raise InvalidJobSpec(field, "must start with a letter or digit and contain only letters, digits, '.', '_' and '-'")
+    return job_id
+
+
+def check_name(name: Any, field: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidJobSpec(field, f"invalid name {name!r}: {NAME_RULE}")
+    return name
+
+
+def resolve_launcher_spec(job_meta: Mapping[str, Any], site: str, mode: str) -> dict[str, Any]:
+    """§1.1: `{**launcher_spec.default[mode], **launcher_spec[site][mode]}`, else the legacy
+    `resource_spec[site][mode]`. Stricter than NVFlare: a top-level key that looks like `default`
+    is refused instead of warned about, and the shape is checked."""
+    launcher_spec = job_meta.get("launcher_spec") or {}
+    if not isinstance(launcher_spec, Mapping):
+        raise InvalidJobSpec("job_meta.launcher_spec", "must be a mapping of site name -> {mode: {...}}")
+    for key, block in launcher_spec.items():
+        path = f"job_meta.launcher_spec.{key}"
+        if not isinstance(block, Mapping):
+            raise InvalidJobSpec(path, "must be a mapping of mode -> options")
+        for mode_name, options in block.items():
+            if mode_name not in MODES:
+                raise InvalidJobSpec(f"{path}.{mode_name}", f"unknown mode; expected one of {', '.join(MODES)}")
+            if options is not None and not isinstance(options, Mapping):
+                raise InvalidJobSpec(f"{path}.{mode_name}", "must be a mapping of options")
+        if key != "default" and (key.startswith("default") or "default".startswith(key)) and block:
+            raise InvalidJobSpec(path, "looks like a misspelled 'default' (the only reserved key); rename it")
+
+    default_block = (launcher_spec.get("default") or {}).get(mode) or {}
+    site_block = launcher_spec.get(site) or {}
+    if default_block or mode in site_block:
+        return {**default_block, **(site_block.get(mode) or {})}
+
+    resource_spec = job_meta.get("resource_spec") or {}
+    if isinstance(resource_spec, Mapping):
+        legacy = resource_spec.get(site)
+        if isinstance(legacy, Mapping) and any(m in legacy for m in MODES):
+            options = legacy.get(mode) or {}
+            if not isinstance(options, Mapping):
+                raise InvalidJobSpec(f"job_meta.resource_spec.{site}.{mode}", "must be a mapping of options")
+            return dict(options)
+    return {}
+
+
+PORTABLE_KEYS = ("num_of_gpus", "num_of_cpus", "memory")
+MEMORY_RE = re.compile(r"^([1-9][0-9]*)(Mi|Gi|Ti)$")
+MEMORY_UNITS = {"Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def portable_resources(job_meta: Mapping[str, Any], site: str) -> dict[str, Any]:
+    """§1.2: the portable keys (`num_of_gpus`, `num_of_cpus`, `memory`) that apply to `site`,
+    validated. A legacy nested site block (one with mode keys) contributes none."""
+    resource_spec = job_meta.get("resource_spec") or {}
+    if not isinstance(resource_spec, Mapping):
+        raise InvalidJobSpec("job_meta.resource_spec", "must be a mapping")
+    defaults = resource_spec.get("@default") or {}
+    if not isinstance(defaults, Mapping):
+        raise InvalidJobSpec("job_meta.resource_spec.@default", "must be a mapping")
+    for key in defaults:
+        if key not in PORTABLE_KEYS:
+            raise InvalidJobSpec(f"job_meta.resource_spec.@default.{key}", f"only {', '.join(PORTABLE_KEYS)} are allowed here")
+    site_block = resource_spec.get(site) or {}
+    if not isinstance(site_block, Mapping):
+        raise InvalidJobSpec(f"job_meta.resource_spec.{site}", "must be a mapping")
+    if any(m in site_block for m in MODES):
+        flat = dict(site_block.get("process") or {}) if defaults else {}
+    else:
+        flat = dict(site_block)
+    merged = {**defaults, **flat}
+    result: dict[str, Any] = {}
+    for key in PORTABLE_KEYS:
+        if key not in merged:
+            continue
+        value = merged[key]
+        path = f"job_meta.resource_spec.{site}.{key}"
+        if key == "num_of_gpus":
+            result[key] = check_int(value, path, minimum=0)
+        elif key == "num_of_cpus":
+            result[key] = check_int(value, path, minimum=1)
+        else:
+            if not isinstance(value, str) or not MEMORY_RE.match(value):
+                raise InvalidJobSpec(path, "must be a size such as '512Mi', '4Gi' or '1Ti'")
+            result[key] = value
+    return result
+
+
+def memory_bytes(value: str) -> int:
+    number, unit = MEMORY_RE.match(value).groups()  # type: ignore[union-attr]
+    return int(number) * MEMORY_UNITS[unit]
+
+
+def check_int(value: Any, field: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidJobSpec(field, f"must be an integer >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise InvalidJobSpec(field, f"must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def check_python_path(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidJobSpec(field, "must be a non-blank string")
+    return value
+
+
+def check_image(value: Any, field: str) -> str | None:
+    """`""`/None mean "no image"; anything else must be a string (§1.3, strict for every backend)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidJobSpec(field, f"must be a string, got {type(value).__name__}")
+    if value != value.strip() or not value:
+        raise InvalidJobSpec(field, "must not contain surrounding whitespace")
+    return value
+
+
+def resolve_image(job_image: str | None, study_image: str | None, *, job_id: str, site: str) -> str:
+    """Image precedence: the job's launcher spec, then the study's `container.image`, else an error."""
+    image = job_image or study_image
+    if not image:
+        raise InvalidJobSpec(
+            "job_meta.launcher_spec",
+            f"no job image was specified for job {job_id} on site {site}: set one in "
+            f"launcher_spec['{site}'][mode]['image'], launcher_spec['default'][mode]['image'], "
+            "the legacy resource_spec, or the study's container.image",
+        )
+    return image
+
+
+def normalise_job_args(job_args: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
+    """JOB_PROCESS_ARGS as given over JSON: name -> [flag, value]. Unknown names are refused."""
+    if not isinstance(job_args, Mapping):
+        raise InvalidJobSpec("job_args", "must be a mapping of arg name -> [flag, value]")
+    result: dict[str, tuple[str, Any]] = {}
+    for name, pair in job_args.items():
+        path = f"job_args.{name}"
+        if name not in KNOWN_ARGS:
+            raise InvalidJobSpec(path, f"unknown job process arg; expected one of {', '.join(sorted(KNOWN_ARGS))}")
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not isinstance(pair[0], str):
+            raise InvalidJobSpec(path, "must be a [flag, value] pair")
+        flag, value = pair
+        if value is not None and not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise InvalidJobSpec(path, "value must be a string, a number or null")
+        result[name] = (flag, value)
+    if "exe_module" not in result or not result["exe_module"][1]:
+        raise InvalidJobSpec("job_args.exe_module", "JOB_PROCESS_ARGS must name the module to run (exe_module)")
+    return result
+
+
+def render_command(
+    python_path: str, role: str, args: Mapping[str, tuple[str, Any]], set_options: tuple[str, ...] = ()
+) -> list[str]:
+    """§2: `[python, -u, -m, module, flag, value, ...]` then `--set item...`. Credentials, exe_module
+    and options are never rendered as flags; a None value drops its flag."""
+    order = SERVER_ARG_ORDER if role == "server" else CLIENT_ARG_ORDER
+    argv = [python_path, "-u", "-m", str(args["exe_module"][1])]
+    for name in order:
+        if name in args:
+            flag, value = args[name]
+            if value is not None:
+                argv += [flag, str(value)]
+    if set_options:
+        argv += ["--set", *set_options]
+    return argv
+
+
+def credential_env(args: Mapping[str, tuple[str, Any]]) -> dict[str, str]:
+    """Bootstrap credentials as NVFLARE_JOB_* env vars; empty values are skipped so the job fails loudly."""
+    return {env: str(args[name][1]) for name, env in CREDENTIAL_ENV.items() if name in args and args[name][1]}
+
+
+def check_set_options(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise InvalidJobSpec("set_options", "must be a list of non-empty strings such as 'key=value'")
+    return tuple(value)

@@ -1,0 +1,27 @@
+"""One error shape for the API: `{"detail": ...}` or `{field: [messages]}`."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from backends.base import BackendError, InvalidJobSpec
+
+
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "Conflict."
+    default_code = "conflict"
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, InvalidJobSpec):
+        return Response({exc.field: [exc.reason]}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, BackendError):
+        code = status.HTTP_503_SERVICE_UNAVAILABLE if exc.retryable else status.HTTP_502_BAD_GATEWAY
+        return Response({"detail": str(exc)}, status=code)
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages})
+    return drf_exception_handler(exc, context)

@@ -1,0 +1,279 @@
+"""Data and invariants only. Behaviour lives in jobs/services/; every state change goes through
+jobs.services.lifecycle.job_observe."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+
+from backends.base import TERMINAL_STATES, JobState
+from backends.nvflare import NAME_RE, NAME_RULE
+
+SITE_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+name_validator = RegexValidator(NAME_RE.pattern, f"Invalid name: {NAME_RULE}.")
+site_name_validator = RegexValidator(
+    SITE_NAME_RE, "Invalid site name: 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit."
+)
+
+
+class Backend(models.TextChoices):
+    DOCKER = "docker"
+    KUBERNETES = "kubernetes"
+    PROCESS = "process"
+
+
+class Site(models.Model):
+    """One NVFlare site (the FL parent's identity name) and how its jobs are launched."""
+
+    name = models.CharField(max_length=63, unique=True, validators=[site_name_validator])
+    backend = models.CharField(max_length=16, choices=Backend.choices, default=Backend.PROCESS)
+    # Per-backend settings, mirroring NVFlare's launcher arguments; parsed by backends.<kind>.<Kind>SiteConfig.
+    process = models.JSONField(default=dict, blank=True)
+    docker = models.JSONField(default=dict, blank=True)
+    kubernetes = models.JSONField(default=dict, blank=True)
+    allowed_data_roots = models.JSONField(default=list, blank=True, help_text="Host directories dataset sources must lie under.")
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="SiteMembership", related_name="sites", blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(backend__in=Backend.values), name="site_backend_valid"),
+            models.CheckConstraint(condition=Q(name__regex=SITE_NAME_RE), name="site_name_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def backend_settings(self) -> dict:
+        return getattr(self, self.backend) or {}
+
+
+class Role(models.TextChoices):
+    VIEWER = "viewer"  # sees the site and its jobs
+    OPERATOR = "operator"  # also launches and terminates jobs
+    ADMIN = "admin"  # also changes the site, its studies and datasets
+
+
+class SiteMembership(models.Model):
+    site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.VIEWER)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["site", "user"], name="membership_unique"),
+            models.CheckConstraint(condition=Q(role__in=Role.values), name="membership_role_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} is {self.role} of {self.site}"
+
+
+class Study(models.Model):
+    """A study of one site (NVFlare's study_runtime entry): its datasets and container settings."""
+
+    site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="studies")
+    name = models.CharField(max_length=63, validators=[name_validator])
+    description = models.CharField(max_length=200, blank=True)
+    image = models.CharField(max_length=255, blank=True, help_text="container.image used when a job names none.")
+    env = models.JSONField(default=dict, blank=True)
+    docker_kwargs = models.JSONField(default=dict, blank=True)
+    pod_template = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "studies"
+        constraints = [
+            models.UniqueConstraint(fields=["site", "name"], name="study_unique_per_site"),
+            models.CheckConstraint(condition=Q(name__regex=NAME_RE.pattern), name="study_name_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.site.name}/{self.name}"
+
+
+class DatasetMode(models.TextChoices):
+    RO = "ro", "read-only"
+    RW = "rw", "read-write"
+
+
+class Dataset(models.Model):
+    """Mounted into the study's jobs at /data/<study>/<dataset>."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="datasets")
+    name = models.CharField(max_length=63, validators=[name_validator])
+    source = models.CharField(max_length=1024, help_text="Host path (Docker/process) or PVC claim name (Kubernetes).")
+    mode = models.CharField(max_length=2, choices=DatasetMode.choices, default=DatasetMode.RO)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "name"], name="dataset_unique_per_study"),
+            models.CheckConstraint(condition=Q(mode__in=DatasetMode.values), name="dataset_mode_valid"),
+            models.CheckConstraint(condition=Q(name__regex=NAME_RE.pattern), name="dataset_name_valid"),
+            models.CheckConstraint(condition=~Q(source=""), name="dataset_source_required"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.study}/{self.name}"
+
+    @property
+    def mount_path(self) -> str:
+        return f"/data/{self.study.name}/{self.name}"
+
+
+State = models.TextChoices("State", [(s.name, s.value) for s in JobState])
+TERMINAL = [s.value for s in TERMINAL_STATES]
+ACTIVE = [s.value for s in JobState if s not in TERMINAL_STATES]
+
+
+class JobRole(models.TextChoices):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class Job(models.Model):
+    """One NVFlare job on one site, from submission to its final state."""
+
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="jobs")
+    job_id = models.CharField(max_length=128)
+    role = models.CharField(max_length=8, choices=JobRole.choices, default=JobRole.CLIENT)
+    study = models.CharField(max_length=63, blank=True)
+    image = models.CharField(max_length=255, blank=True)
+    backend = models.CharField(max_length=16, choices=Backend.choices)
+    handle = models.JSONField(null=True, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=JobState.QUEUED.value)
+    return_code = models.IntegerField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True, help_text="The engine's raw exit code.")
+    reason = models.CharField(max_length=200, blank=True, help_text="Why it ended or is stuck, e.g. OOMKilled.")
+    detail = models.TextField(blank=True)
+    logs_tail = models.TextField(blank=True)
+    # What was asked (credentials removed) and the spec as launched (credentials redacted).
+    job_meta = models.JSONField(default=dict, blank=True)
+    job_args = models.JSONField(default=dict, blank=True)
+    set_options = models.JSONField(default=list, blank=True)
+    spec = models.JSONField(null=True, blank=True)
+    submitted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    submitted_by_token = models.ForeignKey("ApiToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["site", "job_id"], name="job_unique_per_site"),
+            models.CheckConstraint(condition=Q(state__in=[s.value for s in JobState]), name="job_state_valid"),
+            models.CheckConstraint(condition=Q(role__in=JobRole.values), name="job_role_valid"),
+            models.CheckConstraint(condition=Q(backend__in=Backend.values), name="job_backend_valid"),
+        ]
+        indexes = [
+            models.Index(fields=["site", "-id"], name="job_site_newest"),
+            models.Index(fields=["site", "state", "-id"], name="job_site_state_newest"),
+            models.Index(fields=["state", "-id"], name="job_state_newest"),
+            models.Index(fields=["site", "study", "-id"], name="job_site_study_newest"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.site_id}:{self.job_id}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+class EventSource(models.TextChoices):
+    API = "api"
+    WORKER = "worker"
+    WATCHER = "watcher"
+    RECONCILE = "reconcile"
+    ADMIN = "admin"
+
+
+class JobEvent(models.Model):
+    """One change (or note) on a job's timeline. The id is the sequence number browsers resume from."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(auto_now_add=True)
+    from_state = models.CharField(max_length=16, blank=True)
+    to_state = models.CharField(max_length=16)
+    message = models.TextField(blank=True)
+    source = models.CharField(max_length=16, choices=EventSource.choices)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["job", "id"], name="jobevent_job_seq")]
+        constraints = [models.CheckConstraint(condition=Q(source__in=EventSource.values), name="jobevent_source_valid")]
+
+
+class ApiToken(models.Model):
+    """A bearer token for a site (the FL server) or a user. Only a hash is stored."""
+
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=12, db_index=True, help_text="First characters, to tell tokens apart.")
+    key_hash = models.CharField(max_length=64, unique=True)
+    site = models.ForeignKey(Site, null=True, blank=True, on_delete=models.CASCADE, related_name="tokens")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="api_tokens")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(site__isnull=False) & Q(user__isnull=True)) | (Q(site__isnull=True) & Q(user__isnull=False)),
+                name="token_belongs_to_site_or_user",
+            )
+        ]
+
+    def __str__(self) -> str:
+        owner = f"site {self.site}" if self.site_id else f"user {self.user}"
+        return f"{self.prefix}… ({owner})"
+
+
+class AuditEntry(models.Model):
+    """Who changed what through the API or the dashboard, when and from where."""
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    token = models.ForeignKey(ApiToken, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    actor = models.CharField(max_length=200)
+    action = models.CharField(max_length=64)
+    target = models.CharField(max_length=300)
+    detail = models.JSONField(default=dict, blank=True)
+    remote_addr = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-at"]
+        verbose_name_plural = "audit entries"
+
+
+class OrphanWorkload(models.Model):
+    """A container/pod/process carrying our labels that no job record claims. Shown, never deleted."""
+
+    site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="orphans")
+    ref = models.CharField(max_length=255)
+    state = models.CharField(max_length=16)
+    detail = models.TextField(blank=True)
+    first_seen = models.DateTimeField(auto_now_add=True)
+    last_seen = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["site", "ref"], name="orphan_unique")]
+
+
+class WatcherLease(models.Model):
+    """Only the holder of a site's unexpired lease runs that site's watcher."""
+
+    site = models.OneToOneField(Site, on_delete=models.CASCADE, related_name="watcher_lease")
+    owner = models.CharField(max_length=200)
+    expires_at = models.DateTimeField()

@@ -1,0 +1,121 @@
+"""Launch, terminate and observe jobs through their site's backend.
+
+Backend calls happen outside any transaction; each outcome is recorded through job_observe.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from backends.base import BackendError, Handle, InvalidJobSpec, JobState, Observation
+from jobs.models import Job
+from jobs.services.lifecycle import job_observe
+from jobs.services.sites import site_backend
+from jobs.services.submission import job_request_for
+
+log = logging.getLogger(__name__)
+
+
+def job_launch(*, job_pk: int, credentials: dict[str, Any]) -> Job | None:
+    """Start a queued job's workload. Idempotent: a job that is no longer queued is left alone, and a
+    workload that already exists is adopted by the backend. Raises BackendError only when retrying
+    can help (retryable=True); permanent failures end the job as launch_failed."""
+    job = Job.objects.select_related("site").filter(pk=job_pk).first()
+    if job is None or job.state != JobState.QUEUED:
+        return job
+    backend = site_backend(job.site)
+    try:
+        spec = backend.prepare(job_request_for(job, credentials=credentials))
+        handle = backend.launch(spec)
+    except BackendError as exc:
+        if exc.retryable:
+            raise
+        reason = "InvalidSpec" if isinstance(exc, InvalidJobSpec) else "LaunchError"
+        job, _ = job_observe(job_pk=job_pk, state=JobState.LAUNCH_FAILED, source="worker", message=str(exc), reason=reason)
+        return job
+    job, _ = job_observe(
+        job_pk=job_pk, state=JobState.STARTING, source="worker", message=f"{backend.kind} workload {handle.ref} created",
+        handle=handle.as_dict(), spec=spec.redacted(), image=spec.image,
+    )
+    if job.is_terminal:  # terminated (or lost) while we were launching: do not leave it running
+        backend.terminate(handle)
+        return job_apply_observation(backend.inspect(handle), source="worker", job=job)
+    # The watcher normally reports what follows; inspecting once closes the gap for a fast job.
+    return job_apply_observation(backend.inspect(handle), source="worker", job=job)
+
+
+def job_terminate(*, job_pk: int) -> Job | None:
+    """Stop a job's workload and record the outcome. Idempotent."""
+    job = Job.objects.select_related("site").filter(pk=job_pk).first()
+    if job is None or job.is_terminal:
+        return job
+    if not job.handle:
+        job, _ = job_observe(job_pk=job_pk, state=JobState.ABORTED, source="worker", message="terminated before launch")
+        return job
+    backend = site_backend(job.site)
+    observation = backend.terminate(Handle(**job.handle))
+    if observation.state is JobState.LOST:  # already gone: NVFlare counts that as aborted
+        observation = Observation(ref=observation.ref, state=JobState.ABORTED, reason="vanished",
+                                  message="terminated; the workload was already gone")
+    return job_apply_observation(observation, source="worker", job=job, terminated=True)
+
+
+def job_apply_observation(
+    observation: Observation, *, source: str, job: Job | None = None, terminated: bool = False
+) -> Job | None:
+    """Record what a backend saw. On a terminal state the logs tail is saved first and the workload
+    is removed only after that record has committed."""
+    if job is None:
+        job = _job_for(observation)
+        if job is None:
+            return None
+    if observation.kind == "event":
+        job, _ = job_observe(job_pk=job.pk, state=job.state, source=source, message=observation.message, note_only=True)
+        return job
+    message = observation.message
+    logs_tail = observation.logs_tail
+    if observation.state.is_terminal and logs_tail is None and job.handle and not job.logs_tail:
+        logs_tail = _logs_or_none(job)
+    if terminated and observation.state.is_terminal:
+        message = message or "terminated on request"
+    job, changed = job_observe(
+        job_pk=job.pk, state=observation.state, source=source, message=message,
+        return_code=observation.return_code, exit_code=observation.exit_code, reason=observation.reason,
+        logs_tail=_trim(logs_tail),
+    )
+    if job.is_terminal and job.handle and observation.state.is_terminal and observation.state is not JobState.LOST:
+        handle = Handle(**job.handle)
+        backend = site_backend(job.site)
+        transaction.on_commit(lambda: _cleanup(backend, handle))
+    return job
+
+
+def _job_for(observation: Observation) -> Job | None:
+    if observation.job_pk and observation.job_pk.isdigit():
+        return Job.objects.select_related("site").filter(pk=int(observation.job_pk)).first()
+    return None
+
+
+def _logs_or_none(job: Job) -> str | None:
+    try:
+        return site_backend(job.site).logs(Handle(**job.handle), tail=settings.LAUNCHER_LOGS_TAIL_LINES)
+    except BackendError:
+        return None
+
+
+def _trim(logs: str | None) -> str | None:
+    if logs is None:
+        return None
+    lines = logs.splitlines()
+    return "\n".join(lines[-settings.LAUNCHER_LOGS_TAIL_LINES:])
+
+
+def _cleanup(backend, handle: Handle) -> None:
+    try:
+        backend.cleanup(handle)
+    except BackendError:
+        log.warning("could not remove finished workload %s; reconcile will retry", handle.ref, exc_info=True)

@@ -1,0 +1,87 @@
+"""site_reconcile: compare what the backend runs with what the database says, and repair drift."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from backends.base import BackendError, Handle, JobState
+from jobs.models import ACTIVE, Job, OrphanWorkload, Site
+from jobs.services.launching import job_apply_observation
+from jobs.services.lifecycle import job_observe
+from jobs.services.sites import site_backend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReconcileReport:
+    site: str
+    checked: int = 0
+    changed: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+
+
+def site_reconcile(*, site: Site) -> ReconcileReport:
+    """One pass over a site: every non-terminal job against the backend's list of managed
+    workloads. A missed exit is recorded with its exit code; a workload that vanished -> lost; a
+    managed workload no job claims -> recorded as an orphan (never deleted); a workload still
+    running for a job that already ended (terminated before launch completed) -> terminated.
+    Raises BackendError when the backend cannot be reached."""
+    backend = site_backend(site)
+    report = ReconcileReport(site=site.name)
+    observed = {o.ref: o for o in backend.list_managed()}
+    jobs_by_pk = {}
+
+    for job in Job.objects.filter(site=site, state__in=ACTIVE).exclude(handle=None).select_related("site"):
+        report.checked += 1
+        jobs_by_pk[str(job.pk)] = job
+        ref = job.handle["ref"]
+        observation = observed.get(ref) or backend.inspect(Handle(**job.handle))
+        before = job.state
+        if observation.state is JobState.LOST:
+            job, _ = job_observe(job_pk=job.pk, state=JobState.LOST, source="reconcile", reason="vanished",
+                                       message=f"{ref} no longer exists and no exit was recorded")
+        else:
+            job = job_apply_observation(observation, source="reconcile", job=job)
+        if job and job.state != before:
+            report.changed.append(f"{job.job_id}: {before} -> {job.state}")
+
+    claimed = set(Job.objects.filter(site=site, pk__in=[int(o.job_pk) for o in observed.values() if (o.job_pk or "").isdigit()])
+                  .values_list("pk", flat=True))
+    for ref, observation in observed.items():
+        pk = int(observation.job_pk) if (observation.job_pk or "").isdigit() else None
+        if pk is None or pk not in claimed:
+            OrphanWorkload.objects.update_or_create(
+                site=site, ref=ref, defaults={"state": observation.state.value, "detail": observation.message[:1000]})
+            report.orphans.append(ref)
+            continue
+        if str(pk) in jobs_by_pk:
+            continue
+        job = Job.objects.get(pk=pk)
+        if job.is_terminal:
+            _settle_leftover(backend, job, observation)
+    OrphanWorkload.objects.filter(site=site).exclude(ref__in=report.orphans).delete()
+    return report
+
+
+def _settle_leftover(backend, job: Job, observation) -> None:
+    """A workload of a job whose record is complete: stop it if it still runs, then remove it."""
+    handle = Handle(backend=backend.kind, ref=observation.ref)
+    try:
+        if not observation.state.is_terminal:
+            backend.terminate(handle)
+        backend.cleanup(handle)
+    except BackendError:
+        log.warning("could not remove leftover %s of finished job %s", observation.ref, job.job_id, exc_info=True)
+
+
+def sites_reconcile() -> list[ReconcileReport]:
+    """Reconcile every site; one unreachable backend does not stop the others."""
+    reports = []
+    for site in Site.objects.all():
+        try:
+            reports.append(site_reconcile(site=site))
+        except BackendError as exc:
+            log.warning("reconcile of site %s skipped: %s", site.name, exc)
+    return reports

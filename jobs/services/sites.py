@@ -1,0 +1,63 @@
+"""From a Site row to its backend, and the site-level use-cases."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from django.conf import settings
+
+from backends import backend_class, config_class
+from backends.base import Backend, DatasetSpec, InvalidJobSpec, StudyRuntime
+from jobs.models import Site, Study
+
+_cache: dict[int, tuple[Any, Backend]] = {}
+_cache_lock = threading.Lock()
+
+
+def site_backend_settings(site: Site) -> dict[str, Any]:
+    """The site's settings for its chosen backend, with embedded defaults filled in."""
+    data = dict(site.backend_settings)
+    if site.backend == "process" and not data.get("workspace"):
+        data["workspace"] = str(settings.LAUNCHER_PROCESS_WORKSPACES / site.name)
+    return data
+
+
+def site_config_validate(*, backend: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Parse one backend's settings; raises InvalidJobSpec naming `<backend>.<field>`."""
+    return config_class(backend).from_dict(data).to_dict()
+
+
+def site_backend(site: Site) -> Backend:
+    """The backend object for a site, cached per process (it holds engine clients and timers) and
+    rebuilt whenever the site's settings change."""
+    key = (site.backend, site.updated_at, tuple(site.allowed_data_roots or ()))
+    with _cache_lock:
+        cached = _cache.get(site.pk)
+        if cached and cached[0] == key:
+            return cached[1]
+        config = config_class(site.backend).from_dict(site_backend_settings(site))
+        backend = backend_class(site.backend)(site=site.name, config=config, allowed_data_roots=tuple(site.allowed_data_roots or ()))
+        _cache[site.pk] = (key, backend)
+        return backend
+
+
+def study_runtime(site: Site, study_name: str) -> StudyRuntime | None:
+    """The study's runtime as the backends take it, or None when the job names no study or the
+    site has no such study (as NVFlare: no mounts)."""
+    if not study_name:
+        return None
+    study = Study.objects.filter(site=site, name=study_name).prefetch_related("datasets").first()
+    if study is None:
+        return None
+    return StudyRuntime(
+        name=study.name,
+        datasets=tuple(DatasetSpec(study=study.name, name=d.name, source=d.source, mode=d.mode) for d in study.datasets.all()),
+        image=study.image or None,
+        env=dict(study.env or {}),
+        docker_kwargs=dict(study.docker_kwargs or {}),
+        pod_template=study.pod_template,
+    )
+
+
+__all__ = ["InvalidJobSpec", "site_backend", "site_backend_settings", "site_config_validate", "study_runtime"]

@@ -1,0 +1,132 @@
+"""job_submit: validate a launch request, record the job once, and launch it after commit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import IntegrityError, transaction
+
+from backends import nvflare
+from backends.base import InvalidJobSpec, JobRequest, JobState
+from jobs import events
+from jobs.models import Job, JobEvent, Site
+from jobs.services.sites import site_backend, study_runtime
+
+CREDENTIAL_ARGS = tuple(nvflare.CREDENTIAL_ENV)
+REDACTED = "***"
+
+
+def split_credentials(job_args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(job_args safe to store, the credential args). Credentials reach the job only through the
+    launch task's message and the job's environment; the database never sees them."""
+    stored, credentials = {}, {}
+    for name, pair in job_args.items():
+        if name in CREDENTIAL_ARGS:
+            credentials[name] = pair
+            stored[name] = [pair[0], REDACTED] if isinstance(pair, (list, tuple)) and pair else REDACTED
+        else:
+            stored[name] = pair
+    return stored, credentials
+
+
+def job_request_for(job: Job, *, credentials: dict[str, Any] | None = None) -> JobRequest:
+    job_args = dict(job.job_args)
+    for name in CREDENTIAL_ARGS:
+        job_args.pop(name, None)
+    job_args.update(credentials or {})
+    return JobRequest(
+        site=job.site.name,
+        job_pk=str(job.pk),
+        job_id=job.job_id,
+        role=job.role,
+        job_meta=job.job_meta,
+        job_args=job_args,
+        set_options=tuple(job.set_options or ()),
+        study=study_runtime(job.site, job.study),
+        byoc=False,  # BYOC is a site decision (DockerSiteConfig.allow_job_images), never the submitter's
+    )
+
+
+def job_submit(
+    *,
+    site: Site,
+    job_id: str,
+    role: str = "client",
+    job_meta: dict[str, Any],
+    job_args: dict[str, Any],
+    set_options: list[str] | None = None,
+    submitted_by=None,
+    submitted_by_token=None,
+    source: str = "api",
+) -> tuple[Job, bool]:
+    """Return (job, created). The same (site, job_id) again returns the existing job and launches
+    nothing, also under concurrent submits (the unique constraint decides the winner).
+
+    Raises InvalidJobSpec naming the field; then nothing is stored and nothing launched.
+    """
+    existing = Job.objects.filter(site=site, job_id=job_id).first()
+    if existing is not None:
+        return existing, False
+
+    nvflare.check_job_id(job_id)
+    if role not in nvflare.ROLES:
+        raise InvalidJobSpec("role", f"must be one of {', '.join(nvflare.ROLES)}")
+    meta = dict(job_meta or {})
+    meta.pop("byoc", None)  # only the site decides BYOC (§1.4)
+    study = meta.get("study") or ""
+    if not isinstance(study, str):
+        raise InvalidJobSpec("job_meta.study", "must be a string")
+    if study:
+        nvflare.check_name(study, "job_meta.study")
+    if "job_id" in meta and meta["job_id"] != job_id:
+        raise InvalidJobSpec("job_meta.job_id", "must equal job_id")
+    options = nvflare.check_set_options(set_options)
+
+    backend = site_backend(site)
+    probe = JobRequest(
+        site=site.name, job_pk="0", job_id=job_id, role=role, job_meta=meta, job_args=job_args or {},
+        set_options=options, study=study_runtime(site, study),
+    )
+    spec = backend.prepare(probe)  # validation only; the launch task prepares again with fresh study data
+    stored_args, credentials = split_credentials(dict(job_args or {}))
+
+    try:
+        with transaction.atomic():
+            job = Job.objects.create(
+                site=site, job_id=job_id, role=role, study=study, image=spec.image or "",
+                backend=site.backend, job_meta=meta, job_args=stored_args, set_options=list(options),
+                submitted_by=submitted_by, submitted_by_token=submitted_by_token,
+            )
+            event = JobEvent.objects.create(job=job, from_state="", to_state=JobState.QUEUED, source=source,
+                                            message=_submitted_message(submitted_by, submitted_by_token))
+            if study and probe.study is None:
+                JobEvent.objects.create(
+                    job=job, from_state=JobState.QUEUED, to_state=JobState.QUEUED, source=source,
+                    message=f"study {study!r} is not configured on site {site.name}: no datasets will be mounted",
+                )
+            job_pk, seq = job.pk, event.pk
+            transaction.on_commit(lambda: events.publish_job(job_pk, seq=seq))
+            _enqueue_launch(job.pk, credentials)
+    except IntegrityError:
+        existing = Job.objects.filter(site=site, job_id=job_id).first()
+        if existing is None:
+            raise
+        return existing, False
+    return job, True
+
+
+def _submitted_message(user, token) -> str:
+    if token is not None:
+        return f"submitted with token {token.prefix}…"
+    if user is not None:
+        return f"submitted by {user.get_username()}"
+    return "submitted"
+
+
+def _enqueue_launch(job_pk: int, credentials: dict[str, Any]) -> None:
+    from jobs.tasks import job_launch_task
+
+    # argsrepr keeps the credentials out of Celery's logs and monitoring.
+    transaction.on_commit(
+        lambda: job_launch_task.apply_async(args=[job_pk, credentials], argsrepr=f"({job_pk}, <credentials>)")
+    )

@@ -1,0 +1,197 @@
+"""The only settings module. Everything comes from the environment (see .env.example); with nothing
+set, the embedded default runs on SQLite under var/ and an in-process channel layer and worker."""
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from launcher_site.env import env_bool, env_int, env_list, env_str, persistent_secret_key
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("LAUNCHER_VAR_DIR", str(BASE_DIR / "var")))
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY") or persistent_secret_key(VAR_DIR)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("LAUNCHER_CSRF_TRUSTED_ORIGINS", [])
+HOST = env_str("HOST", "127.0.0.1")
+PORT = env_int("PORT", 8000, minimum=1, maximum=65535)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "channels",
+    "jobs",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "jobs.middleware.ContentSecurityPolicyMiddleware",
+]
+
+ROOT_URLCONF = "launcher_site.urls"
+ASGI_APPLICATION = "launcher_site.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database: DATABASE_URL, else SQLite under var/ ---------------------------------------------
+DATABASE_URL = env_str("DATABASE_URL")
+if DATABASE_URL:
+    try:
+        _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("LAUNCHER_DB_CONN_MAX_AGE", 60), conn_health_checks=True)
+    except Exception as exc:  # dj-database-url raises several types for a bad URL
+        raise ImproperlyConfigured(f"DATABASE_URL: cannot parse {DATABASE_URL.split('@')[-1]!r}: {exc}") from None
+    if _db.get("ENGINE") not in ("django.db.backends.postgresql", "django.db.backends.sqlite3"):
+        raise ImproperlyConfigured(f"DATABASE_URL: unsupported database engine {_db.get('ENGINE')!r}; use postgres:// or sqlite://")
+else:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    _db = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(VAR_DIR / "launcher.sqlite3")}
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    _db["OPTIONS"] = {
+        # WAL lets readers run beside one writer; IMMEDIATE takes the write lock at BEGIN, so two
+        # writers queue on the busy timeout instead of failing with "database is locked".
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: channel layer and Celery broker, else in-process -----------------------------------
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+        raise ImproperlyConfigured(f"REDIS_URL: expected redis://, rediss:// or unix://, got {REDIS_URL.split('@')[-1]!r}")
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+    CELERY_BROKER_URL = REDIS_URL
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CELERY_BROKER_URL = "memory://"
+# With no REDIS_URL the worker runs as threads inside the web process (launcher_site.embedded).
+LAUNCHER_EMBEDDED = not REDIS_URL
+
+CELERY_TASK_ACKS_LATE = True  # safe only because launch and terminate are idempotent
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+# --- Auth, static, i18n -------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "overview"
+LOGOUT_REDIRECT_URL = "login"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(env_str("LAUNCHER_STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if env_bool("LAUNCHER_COLLECTED_STATIC", False)
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = True  # the embedded default serves static/ without collectstatic
+
+# --- Security headers (production values switch on with LAUNCHER_HTTPS) -------------------------
+LAUNCHER_HTTPS = env_bool("LAUNCHER_HTTPS", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = LAUNCHER_HTTPS
+SECURE_HSTS_SECONDS = 31536000 if LAUNCHER_HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = LAUNCHER_HTTPS
+SECURE_SSL_REDIRECT = LAUNCHER_HTTPS and env_bool("LAUNCHER_SSL_REDIRECT", True)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if LAUNCHER_HTTPS else None
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("LAUNCHER_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+
+# --- REST API -----------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "jobs.api.auth.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "EXCEPTION_HANDLER": "jobs.api.errors.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "FLARE Launcher API",
+    "DESCRIPTION": "Launch, watch and terminate NVIDIA FLARE jobs as containers, pods or processes.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# Shared by all processes when Redis is there (failed-token counts must be seen by every web process).
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+          if REDIS_URL else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Launcher knobs -----------------------------------------------------------------------------
+# How often Celery beat (or the embedded scheduler) reconciles every site against its backend.
+LAUNCHER_RECONCILE_SECONDS = env_int("LAUNCHER_RECONCILE_SECONDS", 30, minimum=1)
+# Failed API token attempts allowed per client address per minute, then 429.
+LAUNCHER_FAILED_TOKEN_LIMIT = env_int("LAUNCHER_FAILED_TOKEN_LIMIT", 20, minimum=1)
+# Lines of output kept on a job when it ends.
+LAUNCHER_LOGS_TAIL_LINES = env_int("LAUNCHER_LOGS_TAIL_LINES", 200, minimum=0)
+# Where process-backend sites keep job workspaces when the site sets none.
+LAUNCHER_PROCESS_WORKSPACES = Path(env_str("LAUNCHER_PROCESS_WORKSPACES", str(VAR_DIR / "workspaces")))
+# Watchers take a per-site lease so only one process watches each site.
+LAUNCHER_WATCHER_LEASE_SECONDS = env_int("LAUNCHER_WATCHER_LEASE_SECONDS", 15, minimum=3)
+# Run watchers inside this process (the embedded default); production runs `manage.py watch`.
+LAUNCHER_RUN_WATCHERS = env_bool("LAUNCHER_RUN_WATCHERS", LAUNCHER_EMBEDDED)
+LAUNCHER_ADMIN_USER = env_str("LAUNCHER_ADMIN_USER", "admin")
+LAUNCHER_ADMIN_PASSWORD = env_str("LAUNCHER_ADMIN_PASSWORD")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LAUNCHER_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "celery": {"level": "WARNING"}},
+}

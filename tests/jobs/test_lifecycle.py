@@ -1,0 +1,94 @@
+"""job_observe, the one door for state changes."""
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+
+from backends.base import JobState
+from jobs import events
+from jobs.models import Job, JobEvent, Site
+from jobs.services.lifecycle import job_observe
+
+pytestmark = pytest.mark.embedded
+
+
+@pytest.fixture
+def job(db):
+    site = Site.objects.create(name="site-1")
+    return Job.objects.create(site=site, job_id="j1", backend="process")
+
+
+def states(job):
+    return list(JobEvent.objects.filter(job=job).values_list("from_state", "to_state", "source"))
+
+
+def test_forward_changes_each_write_one_event(job, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as callbacks:
+        job_observe(job_pk=job.pk, state="starting", source="worker")
+        job_observe(job_pk=job.pk, state="running", source="watcher")
+        job_observe(job_pk=job.pk, state="succeeded", source="watcher", return_code=0, exit_code=0)
+    assert states(job) == [("queued", "starting", "worker"), ("starting", "running", "watcher"),
+                           ("running", "succeeded", "watcher")]
+    assert len(callbacks) == 3  # one publish per change, after commit
+    job.refresh_from_db()
+    assert job.state == "succeeded" and job.return_code == 0
+    assert job.started_at and job.finished_at and job.started_at <= job.finished_at
+
+
+def test_duplicate_and_backward_observations_change_nothing(job):
+    job_observe(job_pk=job.pk, state="running", source="watcher")
+    _, changed_dup = job_observe(job_pk=job.pk, state="running", source="watcher")
+    _, changed_back = job_observe(job_pk=job.pk, state="starting", source="worker")
+    assert not changed_dup and not changed_back
+    assert states(job) == [("queued", "running", "watcher")]
+
+
+def test_terminal_state_is_sticky(job):
+    job_observe(job_pk=job.pk, state="aborted", source="api")
+    _, changed = job_observe(job_pk=job.pk, state="succeeded", source="watcher", return_code=0)
+    job.refresh_from_db()
+    assert not changed and job.state == "aborted" and job.return_code == 9
+
+
+@pytest.mark.parametrize("state, code", [("failed", 1), ("lost", 9), ("launch_failed", 101), ("succeeded", 0)])
+def test_terminal_states_get_nvflare_return_codes(job, state, code):
+    job_observe(job_pk=job.pk, state=state, source="reconcile")
+    job.refresh_from_db()
+    assert job.return_code == code
+
+
+def test_notes_are_recorded_without_repeating(job):
+    job_observe(job_pk=job.pk, state="starting", source="worker")
+    for _ in range(3):
+        job_observe(job_pk=job.pk, state="starting", source="watcher", note_only=True, message="pulling image")
+    notes = JobEvent.objects.filter(job=job, message="pulling image")
+    assert notes.count() == 1
+    job.refresh_from_db()
+    assert job.state == "starting"
+
+
+def test_handle_recorded_late_is_still_kept(job):
+    job_observe(job_pk=job.pk, state="running", source="watcher")
+    job_observe(job_pk=job.pk, state="starting", source="worker", handle={"backend": "process", "ref": "x"})
+    job.refresh_from_db()
+    assert job.handle == {"backend": "process", "ref": "x"} and job.state == "running"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_change_is_published_to_job_and_site_groups_after_commit():
+    site = await Site.objects.acreate(name="site-1")
+    job = await Job.objects.acreate(site=site, job_id="j1", backend="process")
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(events.site_group("site-1"), channel)
+    job_channel = await layer.new_channel()
+    await layer.group_add(events.job_group(job.pk), job_channel)
+    await sync_to_async(job_observe)(job_pk=job.pk, state="running", source="watcher")
+    for ch in (channel, job_channel):
+        message = await asyncio.wait_for(layer.receive(ch), timeout=5)
+        assert message["type"] == "job.update"
+        assert message["job"]["state"] == "running" and message["job"]["job_id"] == "j1"
+        assert message["seq"] == (await JobEvent.objects.filter(job=job).alast()).pk

@@ -1,0 +1,121 @@
+"""job_submit + job_launch on the process backend, with real subprocesses."""
+
+import json
+
+import pytest
+from django.core import serializers
+
+from backends.base import InvalidJobSpec
+from jobs.models import Job, JobEvent
+from jobs.services.launching import job_launch, job_terminate
+from jobs.services.reconciliation import site_reconcile
+from jobs.services.submission import job_submit
+from tests.util import wait_until
+
+pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
+
+
+def submit(site, job_id, args, **kwargs):
+    return job_submit(site=site, job_id=job_id, job_meta={}, job_args=args, **kwargs)
+
+
+def run_to_end(job, credentials):
+    """What the launch task does, then the watcher's part (reconcile) until the job ends."""
+    job_launch(job_pk=job.pk, credentials=credentials)
+
+    def ended():
+        site_reconcile(site=job.site)
+        job.refresh_from_db()
+        return job.is_terminal
+
+    wait_until(ended, timeout=15, interval=0.1, message=f"{job.job_id} to end")
+    return job
+
+
+def credentials_of(args):
+    return {k: args[k] for k in ("auth_token", "auth_signature", "ssid")}
+
+
+def test_submitted_job_runs_to_success_and_credentials_stay_out_of_the_record(
+        process_site, job_args, workspace, django_capture_on_commit_callbacks):
+    args = job_args("job-a")
+    with django_capture_on_commit_callbacks() as callbacks:
+        job, created = submit(process_site, "job-a", args)
+    assert created and job.state == "queued"
+    assert len(callbacks) == 2  # publish the new row, enqueue the launch
+    job = run_to_end(job, credentials_of(args))
+
+    assert job.state == "succeeded" and job.return_code == 0
+    assert "fake job done" in job.logs_tail
+    assert job.handle["backend"] == "process" and job.spec["command"][3] == "fake_nvflare_job"
+    record = json.loads((workspace / "job-a" / "job_record.json").read_text())
+    assert record["env"]["NVFLARE_JOB_AUTH_TOKEN"] == "tok-SECRET-123"
+    assert not any("SECRET" in a for a in record["argv"])
+    stored = serializers.serialize("json", [job, *JobEvent.objects.filter(job=job)])
+    assert "SECRET" not in stored
+    assert [e.to_state for e in JobEvent.objects.filter(job=job)] == ["queued", "starting", "running", "succeeded"] \
+        or [e.to_state for e in JobEvent.objects.filter(job=job)] == ["queued", "starting", "succeeded"]
+
+
+def test_non_zero_exit_ends_failed(process_site, job_args):
+    args = job_args("job-b")
+    job, _ = submit(process_site, "job-b", args, set_options=["exit=4"])
+    job = run_to_end(job, credentials_of(args))
+    assert job.state == "failed" and job.return_code == 1 and job.exit_code == 4
+
+
+def test_terminate_running_job(process_site, job_args):
+    args = job_args("job-c")
+    job, _ = submit(process_site, "job-c", args, set_options=["sleep=60"])
+    job_launch(job_pk=job.pk, credentials=credentials_of(args))
+    job = job_terminate(job_pk=job.pk)
+    assert job.state == "aborted" and job.return_code == 9
+    assert job_terminate(job_pk=job.pk).state == "aborted"  # idempotent
+
+
+def test_same_job_id_again_returns_the_existing_job_and_enqueues_nothing(
+        process_site, job_args, django_capture_on_commit_callbacks):
+    first, created = submit(process_site, "job-d", job_args("job-d"))
+    with django_capture_on_commit_callbacks() as callbacks:
+        again, created_again = submit(process_site, "job-d", job_args("job-d"))
+    assert created and not created_again and again.pk == first.pk
+    assert callbacks == []
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda a: a.pop("exe_module"), "job_args.exe_module"),
+    (lambda a: a.update(bogus=["-x", "1"]), "job_args.bogus"),
+])
+def test_bad_input_names_the_field_and_stores_nothing(process_site, job_args, change, field):
+    args = job_args("job-e")
+    change(args)
+    with pytest.raises(InvalidJobSpec) as info:
+        submit(process_site, "job-e", args)
+    assert info.value.field == field
+    assert not Job.objects.exists()
+
+
+def test_bad_study_name_and_job_id_are_refused(process_site, job_args):
+    with pytest.raises(InvalidJobSpec) as info:
+        job_submit(site=process_site, job_id="job-f", job_meta={"study": "Bad Study"}, job_args=job_args("job-f"))
+    assert info.value.field == "job_meta.study"
+    with pytest.raises(InvalidJobSpec) as info:
+        submit(process_site, "../x", job_args("../x"))
+    assert info.value.field == "job_id"
+    assert not Job.objects.exists()
+
+
+def test_reconcile_marks_vanished_workload_lost(process_site, job_args):
+    from backends.base import Handle
+    from jobs.services.sites import site_backend
+
+    args = job_args("job-g")
+    job, _ = submit(process_site, "job-g", args, set_options=["sleep=60"])
+    job_launch(job_pk=job.pk, credentials=credentials_of(args))
+    job.refresh_from_db()
+    backend = site_backend(process_site)
+    backend.terminate(Handle(**job.handle))  # behind the dashboard's back...
+    backend.cleanup(Handle(**job.handle))  # ...and removed by hand
+    site_reconcile(site=process_site)
+    job.refresh_from_db()
+    assert job.state == "lost" and job.reason == "vanished"
