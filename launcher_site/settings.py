@@ -142,6 +142,7 @@ LAUNCHER_HTTPS = env_bool("LAUNCHER_HTTPS", False)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = LAUNCHER_HTTPS
 SECURE_HSTS_SECONDS = 31536000 if LAUNCHER_HTTPS else 0
 SECURE_HSTS_INCLUDE_SUBDOMAINS = LAUNCHER_HTTPS
+SECURE_HSTS_PRELOAD = LAUNCHER_HTTPS
 SECURE_SSL_REDIRECT = LAUNCHER_HTTPS and env_bool("LAUNCHER_SSL_REDIRECT", True)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if LAUNCHER_HTTPS else None
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -176,6 +177,8 @@ CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", 
 LAUNCHER_RECONCILE_SECONDS = env_int("LAUNCHER_RECONCILE_SECONDS", 30, minimum=1)
 # Failed API token attempts allowed per client address per minute, then 429.
 LAUNCHER_FAILED_TOKEN_LIMIT = env_int("LAUNCHER_FAILED_TOKEN_LIMIT", 20, minimum=1)
+# Days a finished job keeps its events and logs tail; the job row itself is kept. 0 = forever.
+LAUNCHER_RETENTION_DAYS = env_int("LAUNCHER_RETENTION_DAYS", 90, minimum=0)
 # Lines of output kept on a job when it ends.
 LAUNCHER_LOGS_TAIL_LINES = env_int("LAUNCHER_LOGS_TAIL_LINES", 200, minimum=0)
 # Where process-backend sites keep job workspaces when the site sets none.
