@@ -1,0 +1,515 @@
+"""The Docker backend: one container per NVFlare job on the site's Docker host (launch-semantics.md §3).
+
+`prepare()` turns a JobRequest into a LaunchSpec (validation and path checks only; the pure parts
+live in backends/docker_specs.py). Everything else sends what it is given to the daemon and maps
+the replies. Containers are created and started (never `containers.run()`, never auto-removed, so
+the exit code and logs can be read), labelled for `list_managed()`, and removed by `cleanup()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+
+from backends import nvflare
+from backends.base import (
+    LABEL_JOB_PK,
+    LABEL_MANAGED_BY,
+    LABEL_SITE,
+    MANAGED_BY,
+    Backend,
+    BackendError,
+    CheckResult,
+    DatasetSpec,
+    Handle,
+    InvalidJobSpec,
+    JobRequest,
+    JobState,
+    LaunchSpec,
+    Observation,
+    ReturnCode,
+    labels_for,
+)
+from backends.docker_specs import (
+    CONTAINER_ROOT,
+    DEFAULT_SOCKETS,
+    STREAM_ACTIONS,
+    DockerSiteConfig,
+    bind,
+    check_container_kwargs,
+    check_env,
+    check_job_options,
+    check_user,
+    check_workspace_child,
+    container_name,
+    create_kwargs,
+    event_key,
+    merge_run_options,
+    observation_from_container,
+    observation_from_event,
+    rewrite_parent_url,
+    workspace_mounts,
+)
+
+__all__ = ["DockerBackend", "DockerSiteConfig"]
+
+LOGS_TAIL = 200  # lines kept on terminal observations, read before cleanup() removes the container
+STOP_POLL_S = 0.5  # how often stream() looks at its stop event while the daemon is quiet
+CONNECTION_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)
+
+
+class DockerBackend(Backend):
+    """One site's Docker host. Safe to share between threads; the daemon holds all durable state."""
+
+    kind = "docker"
+
+    def __init__(self, *, site: str, config: DockerSiteConfig, allowed_data_roots: tuple[str, ...] = ()):
+        self.site = site
+        self.config = config
+        self.allowed_data_roots = tuple(os.path.realpath(root) for root in allowed_data_roots)
+        self._client: docker.DockerClient | None = None
+        self._network_checked = False
+        self._lock = threading.Lock()
+        self._terminated: set[str] = set()  # names this instance stopped: their exit counts as 9
+        self._since: int | None = None  # last event second seen by stream(), for resuming
+        self._seen: set[tuple[str, int, str]] = set()
+
+    # -----------------------------------------------------------------------------------------
+    # prepare (pure apart from filesystem checks)
+    # -----------------------------------------------------------------------------------------
+
+    def prepare(self, request: JobRequest) -> LaunchSpec:
+        site, job_id, study = request.site, request.job_id, request.study
+        check_workspace_child(job_id, "job_id")
+        nvflare.check_job_id(job_id)
+        if request.role not in nvflare.ROLES:
+            raise InvalidJobSpec("role", f"must be one of {', '.join(nvflare.ROLES)}")
+        if request.job_meta.get("job_id") not in (None, job_id):
+            raise InvalidJobSpec("job_meta.job_id", "does not match the job id being launched")
+
+        job = check_job_options(
+            nvflare.resolve_launcher_spec(request.job_meta, site, "docker"),
+            f"job_meta.launcher_spec.{site}.docker",
+            may_choose_entrypoint=self.config.allow_job_images or request.byoc,
+        )
+        resources = nvflare.portable_resources(request.job_meta, site)
+        if "num_of_gpus" in job and job["num_of_gpus"] != resources.get("num_of_gpus", job["num_of_gpus"]):
+            raise InvalidJobSpec(
+                f"job_meta.launcher_spec.{site}.docker.num_of_gpus",
+                "conflicts with resource_spec num_of_gpus; set the GPU count in one place",
+            )
+        study_image = nvflare.check_image(study.image, f"study.{study.name}.image") if study else None
+        image = nvflare.resolve_image(job.get("image"), study_image, job_id=job_id, site=site)
+
+        args = nvflare.normalise_job_args(request.job_args)
+        if "job_id" in args and args["job_id"][1] is not None and str(args["job_id"][1]) != job_id:
+            raise InvalidJobSpec("job_args.job_id", "does not match the job id being launched")
+        shared_dir = None
+        if "parent_url" in args and args["parent_url"][1] is not None:
+            conn_sec = args.get("parent_conn_sec", ("", None))[1]
+            url, shared_dir = rewrite_parent_url(args["parent_url"][1], conn_sec, site)
+            args["parent_url"] = (args["parent_url"][0], url)
+        python_path = job.get("python_path") or self.config.default_python_path
+        command = nvflare.render_command(python_path, request.role, args, nvflare.check_set_options(request.set_options))
+
+        workspace = self._workspace()
+        self._check_job_dir(workspace, job_id)
+        mounts = workspace_mounts(workspace, job_id)
+        for dataset in study.datasets if study else ():
+            mounts.append(self._dataset_mount(dataset, study.name))
+        if shared_dir:
+            source = self._confined_source(shared_dir, "job_args.parent_url", extra_roots=(workspace,))
+            mounts.append(bind(source, shared_dir, read_only=False))
+
+        study_env = check_env(study.env, f"study.{study.name}.env") if study else {}
+        env = {**self.config.default_job_env, **study_env, "USER": "nvflare", "HOME": "/tmp"}
+        python_dirs = [
+            (f"{workspace}/{job_id}/app_{site}/custom", f"{CONTAINER_ROOT}/{job_id}/app_{site}/custom"),
+            (f"{workspace}/local/custom", f"{CONTAINER_ROOT}/local/custom"),
+        ]
+        pythonpath = [inside for host, inside in python_dirs if os.path.isdir(host)]
+        if pythonpath:
+            env["PYTHONPATH"] = ":".join(pythonpath)
+
+        study_kwargs = (
+            check_container_kwargs(study.docker_kwargs, f"study.{study.name}.docker_kwargs",
+                                   allow_host_ipc=self.config.allow_host_ipc)
+            if study else {}
+        )
+        name = container_name(site, job_id)
+        workdir = f"{CONTAINER_ROOT}/{job_id}"
+        labels = labels_for(site=self.site, job_pk=request.job_pk, job_id=job_id, study=study.name if study else None)
+        options = {
+            **merge_run_options(self.config.default_job_container_kwargs, study_kwargs, job, resources),
+            "image": image, "command": command, "name": name, "network": self.config.network,
+            "mounts": mounts, "working_dir": workdir, "user": self._user(workspace), "labels": labels,
+        }
+        return LaunchSpec(
+            backend=self.kind, site=site, job_pk=str(request.job_pk), job_id=job_id, role=request.role,
+            name=name, image=image, command=tuple(command), env=env, credentials=nvflare.credential_env(args),
+            labels=labels, study=study.name if study else None, datasets=study.datasets if study else (),
+            workdir=workdir, options=options,
+        )
+
+    def _workspace(self) -> str:
+        configured = self.config.workspace or os.environ.get("NVFL_DOCKER_WORKSPACE", "")
+        if not configured:
+            raise InvalidJobSpec("docker.workspace", "no workspace configured (set it on the site or NVFL_DOCKER_WORKSPACE)")
+        if not os.path.isabs(configured) or os.path.normpath(configured) != configured or configured == "/":
+            raise InvalidJobSpec("docker.workspace", f"{configured!r} must be a normalised absolute path other than '/'")
+        workspace = os.path.realpath(configured)
+        for path in (workspace, f"{workspace}/startup", f"{workspace}/local"):
+            if not os.path.isdir(path):
+                raise InvalidJobSpec("docker.workspace", f"{path} does not exist or is not a directory")
+        return workspace
+
+    @staticmethod
+    def _check_job_dir(workspace: str, job_id: str) -> None:
+        path = os.path.join(workspace, job_id)
+        if not os.path.lexists(path):
+            return  # launch() creates it
+        if not os.path.realpath(path).startswith(workspace + os.sep):
+            raise InvalidJobSpec("job_id", f"job directory {path} escapes workspace {workspace}")
+        if os.path.islink(path):
+            raise InvalidJobSpec("job_id", f"job directory {path} must not be a symlink")
+
+    def _user(self, workspace: str) -> str:
+        user = self.config.user
+        if not user:
+            info = os.stat(workspace)
+            user = f"{info.st_uid}:{info.st_gid}"
+        return check_user(user, "docker.user", allow_root=self.config.allow_root)
+
+    def _dataset_mount(self, dataset: DatasetSpec, study: str) -> dict[str, Any]:
+        path = f"study.{study}.datasets.{dataset.name}"
+        nvflare.check_name(dataset.study, f"{path}.study")
+        nvflare.check_name(dataset.name, path)
+        if dataset.study != study:
+            raise InvalidJobSpec(f"{path}.study", f"belongs to study {dataset.study!r}, not {study!r}")
+        if dataset.mode not in ("ro", "rw"):
+            raise InvalidJobSpec(f"{path}.mode", "must be 'ro' or 'rw'")
+        source = self._confined_source(dataset.source, f"{path}.source")
+        return bind(source, dataset.mount_path, read_only=dataset.mode == "ro")
+
+    def _confined_source(self, source: Any, path: str, extra_roots: tuple[str, ...] = ()) -> str:
+        """A host path that may be bind-mounted: it exists, resolves (symlinks followed) under an
+        allowed root, and is neither `/` nor the Docker socket nor a directory holding it."""
+        if not isinstance(source, str) or not os.path.isabs(source):
+            raise InvalidJobSpec(path, "must be an absolute host path")
+        resolved = os.path.realpath(source)
+        if not os.path.exists(resolved):
+            raise InvalidJobSpec(path, f"{source} does not exist")
+        for socket in self._socket_paths():
+            if resolved == "/" or resolved == socket or socket.startswith(resolved.rstrip("/") + "/"):
+                raise InvalidJobSpec(path, f"{source} is or contains the Docker socket and is never mounted")
+        roots = self.allowed_data_roots + extra_roots
+        if not any(resolved == root or resolved.startswith(root.rstrip("/") + "/") for root in roots):
+            allowed = ", ".join(self.allowed_data_roots) or "none configured"
+            raise InvalidJobSpec(path, f"{source} is outside the site's allowed data roots ({allowed})")
+        return resolved
+
+    def _socket_paths(self) -> set[str]:
+        candidates = [*DEFAULT_SOCKETS, self.config.docker_host, os.environ.get("DOCKER_HOST", "")]
+        return {
+            os.path.realpath(c.removeprefix("unix://"))
+            for c in candidates if c and (c.startswith("unix://") or c.startswith("/"))
+        }
+
+    # -----------------------------------------------------------------------------------------
+    # daemon plumbing
+    # -----------------------------------------------------------------------------------------
+
+    def _docker(self) -> docker.DockerClient:
+        if self._client is None:
+            with self._lock, self._errors("connect to Docker"):
+                if self._client is None:
+                    if self.config.docker_host:
+                        self._client = docker.DockerClient(base_url=self.config.docker_host, timeout=self.config.timeout)
+                    else:
+                        self._client = docker.from_env(timeout=self.config.timeout)
+        return self._client
+
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Translate SDK failures: unreachable daemon and 5xx -> retryable; other API errors -> permanent."""
+        where = self.config.docker_host or os.environ.get("DOCKER_HOST") or "the default Docker socket"
+        try:
+            yield
+        except BackendError:
+            raise
+        except APIError as exc:
+            raise BackendError(f"cannot {action}: {exc.explanation or exc}", retryable=exc.is_server_error()) from exc
+        except CONNECTION_ERRORS as exc:
+            raise BackendError(f"cannot {action}: Docker daemon at {where} is unreachable ({exc})", retryable=True) from exc
+        except DockerException as exc:  # raised by client construction when the version probe fails
+            raise BackendError(f"cannot {action}: Docker daemon at {where} is unreachable ({exc})", retryable=True) from exc
+
+    def _ensure_network(self, client: docker.DockerClient) -> None:
+        if self._network_checked:
+            return
+        try:
+            client.networks.get(self.config.network)
+        except NotFound:
+            raise BackendError(
+                f"Docker network {self.config.network!r} does not exist; create it with "
+                f"`docker network create {self.config.network}` (the launcher never creates it)"
+            ) from None
+        self._network_checked = True
+
+    # -----------------------------------------------------------------------------------------
+    # lifecycle
+    # -----------------------------------------------------------------------------------------
+
+    def launch(self, spec: LaunchSpec) -> Handle:
+        """Create and start the container. A name conflict adopts the existing container when its
+        labels say it is this job's (starting it if it was only created); a container half-created
+        by this call is removed before the error propagates. Never pulls unless allow_pull."""
+        client = self._docker()
+        with self._errors(f"launch job {spec.job_id}"):
+            self._ensure_network(client)
+            self._ensure_job_dir(spec)
+            try:
+                container = self._create(client, spec)
+            except APIError as exc:
+                if exc.status_code != 409:
+                    raise
+                return self._adopt(client, spec)
+            try:
+                container.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    container.remove(force=True)
+                raise
+        return Handle(backend=self.kind, ref=spec.name)
+
+    def _create(self, client: docker.DockerClient, spec: LaunchSpec) -> Any:
+        kwargs = create_kwargs(spec)
+        try:
+            return client.containers.create(**kwargs)
+        except ImageNotFound:
+            if not self.config.allow_pull:
+                raise BackendError(
+                    f"image {spec.image!r} not found for job {spec.job_id} on this Docker host; "
+                    "no pull happens (load the image on the host, or let the site allow pulls)"
+                ) from None
+        try:
+            client.images.pull(spec.image)
+        except (ImageNotFound, NotFound):
+            raise BackendError(f"image {spec.image!r} not found for job {spec.job_id}: the pull failed") from None
+        return client.containers.create(**kwargs)
+
+    def _adopt(self, client: docker.DockerClient, spec: LaunchSpec) -> Handle:
+        container = client.containers.get(spec.name)
+        labels = container.labels or {}
+        if labels.get(LABEL_JOB_PK) != spec.job_pk or labels.get(LABEL_SITE) != self.site:
+            raise BackendError(
+                f"a container named {spec.name} already exists but belongs to another job "
+                f"({labels.get(LABEL_SITE)!r}/{labels.get(LABEL_JOB_PK)!r}); remove it by hand"
+            )
+        if container.status == "created":
+            container.start()
+        return Handle(backend=self.kind, ref=spec.name)
+
+    @staticmethod
+    def _ensure_job_dir(spec: LaunchSpec) -> None:
+        source = next(m["Source"] for m in spec.options["mounts"] if m.get("Target") == spec.workdir)
+        try:
+            os.mkdir(source, 0o750)
+        except FileExistsError:
+            if os.path.islink(source) or not os.path.isdir(source):
+                raise InvalidJobSpec("job_id", f"job directory {source} must not be a symlink") from None
+            return
+        uid, gid = (int(part) for part in spec.options["user"].split(":"))
+        os.chown(source, uid, gid)
+
+    def inspect(self, handle: Handle) -> Observation:
+        with self._errors(f"inspect {handle.ref}"):
+            client = self._docker()
+            try:
+                container = client.containers.get(handle.ref)
+            except NotFound:
+                return Observation(ref=handle.ref, state=JobState.LOST, reason="vanished",
+                                   message="the container no longer exists")
+            return self._observe(container)
+
+    def _observe(self, container: Any) -> Observation:
+        terminal = container.status in ("exited", "dead")
+        tail = self._read_logs(container, LOGS_TAIL) if terminal else None
+        return observation_from_container(container.attrs, terminated=container.name in self._terminated, logs_tail=tail)
+
+    def list_managed(self) -> list[Observation]:
+        filters = {"label": [f"{LABEL_MANAGED_BY}={MANAGED_BY}", f"{LABEL_SITE}={self.site}"]}
+        with self._errors("list containers"):
+            containers = self._docker().containers.list(all=True, filters=filters, ignore_removed=True)
+            return [self._observe(c) for c in containers]
+
+    def terminate(self, handle: Handle) -> Observation:
+        """Stop at once (SIGKILL after no grace). Idempotent: a missing container is aborted (9);
+        one that had already exited keeps its own code."""
+        with self._errors(f"terminate {handle.ref}"):
+            try:
+                container = self._docker().containers.get(handle.ref)
+            except NotFound:
+                return Observation(ref=handle.ref, state=JobState.ABORTED, return_code=int(ReturnCode.ABORTED),
+                                   reason="vanished", message="the container no longer exists")
+            if container.status not in ("exited", "dead"):
+                with self._lock:
+                    self._terminated.add(handle.ref)
+                try:
+                    container.stop(timeout=0)
+                except NotFound:
+                    return Observation(ref=handle.ref, state=JobState.ABORTED, return_code=int(ReturnCode.ABORTED),
+                                       reason="vanished", message="the container no longer exists")
+                except APIError:
+                    container.kill()
+                with contextlib.suppress(NotFound):
+                    container.reload()
+                if container.status not in ("exited", "dead"):
+                    # stop() is a no-op on a container that never started: remove it instead, so
+                    # terminate always leaves a terminal state.
+                    with contextlib.suppress(NotFound):
+                        container.remove(force=True)
+                    return Observation(ref=handle.ref, state=JobState.ABORTED, return_code=int(ReturnCode.ABORTED),
+                                       job_pk=(container.labels or {}).get(LABEL_JOB_PK), reason="terminated",
+                                       message=f"removed while {container.status}")
+            return self._observe(container)
+
+    def logs(self, handle: Handle, *, tail: int = 200) -> str:
+        with self._errors(f"read logs of {handle.ref}"):
+            try:
+                return self._read_logs(self._docker().containers.get(handle.ref), tail)
+            except NotFound:
+                return ""
+
+    @staticmethod
+    def _read_logs(container: Any, tail: int) -> str:
+        try:
+            return container.logs(stdout=True, stderr=True, tail=tail).decode("utf-8", "replace")
+        except NotFound:
+            return ""
+
+    def cleanup(self, handle: Handle) -> None:
+        with self._errors(f"remove {handle.ref}"):
+            try:
+                self._docker().api.remove_container(handle.ref, force=True)
+            except NotFound:
+                pass
+            except APIError as exc:
+                if exc.status_code != 409:  # 409: removal already in progress
+                    raise
+        with self._lock:
+            self._terminated.discard(handle.ref)
+
+    # -----------------------------------------------------------------------------------------
+    # events
+    # -----------------------------------------------------------------------------------------
+
+    def stream(self, stop: threading.Event, *, since: int | None = None) -> Iterator[Observation]:
+        """Container events of this site, from `since` (epoch seconds) or where this instance's last
+        stream stopped. Events a resumed stream replays (the API resolves `since` to whole seconds)
+        are dropped. Returns when `stop` is set; BackendError(retryable=True) if the daemon goes away."""
+        client = self._docker()
+        filters = {
+            "type": "container", "event": list(STREAM_ACTIONS),
+            "label": [f"{LABEL_MANAGED_BY}={MANAGED_BY}", f"{LABEL_SITE}={self.site}"],
+        }
+        with self._errors("watch Docker events"):
+            events = client.api.events(since=since if since is not None else self._since, filters=filters, decode=True)
+        done = threading.Event()
+        closer = threading.Thread(target=self._close_on_stop, args=(stop, done, events), daemon=True)
+        closer.start()
+        oom: set[str] = set()
+        try:
+            for event in events:
+                observation = self._observation_for(client, event, oom)
+                if observation is not None:
+                    yield observation
+                if stop.is_set():
+                    return
+        except Exception as exc:
+            if stop.is_set():
+                return
+            raise BackendError(f"Docker event stream lost: {exc}", retryable=True) from exc
+        finally:
+            done.set()
+            events.close()
+        if not stop.is_set():
+            raise BackendError("Docker event stream ended unexpectedly", retryable=True)
+
+    @staticmethod
+    def _close_on_stop(stop: threading.Event, done: threading.Event, events: Any) -> None:
+        # The SDK reads events with no timeout; closing the socket is the only way to unblock it.
+        while not done.is_set():
+            if stop.wait(STOP_POLL_S):
+                with contextlib.suppress(Exception):
+                    events.close()
+                return
+
+    def _observation_for(self, client: docker.DockerClient, event: Mapping[str, Any], oom: set[str]) -> Observation | None:
+        key = event_key(event)
+        second = key[1] // 1_000_000_000
+        with self._lock:
+            if key in self._seen:
+                return None
+            if self._since is None or second > self._since:
+                self._seen = {k for k in self._seen if k[1] // 1_000_000_000 >= second}
+                self._since = second
+            self._seen.add(key)
+        container_id = key[0]
+        action = key[2]
+        name = ((event.get("Actor") or {}).get("Attributes") or {}).get("name", "")
+        if action == "oom":
+            oom.add(container_id)
+        tail = None
+        if action == "die":
+            with contextlib.suppress(Exception):
+                tail = client.api.logs(container_id, tail=LOGS_TAIL).decode("utf-8", "replace")
+        return observation_from_event(event, terminated=name in self._terminated,
+                                      oom=container_id in oom, logs_tail=tail)
+
+    # -----------------------------------------------------------------------------------------
+    # site check
+    # -----------------------------------------------------------------------------------------
+
+    def check_connection(self, datasets: Iterable[DatasetSpec] = ()) -> list[CheckResult]:
+        results: list[CheckResult] = []
+        try:
+            client = self._docker()
+            with self._errors("reach Docker"):
+                version = client.version()
+            results.append(CheckResult(name="docker daemon", ok=True,
+                                       detail=f"Docker {version.get('Version')}, API {version.get('ApiVersion')}"))
+        except BackendError as exc:
+            results.append(CheckResult(name="docker daemon", ok=False, detail=str(exc)))
+            client = None
+        if client is None:
+            results.append(CheckResult(name="network", ok=False, detail="not checked: the daemon is unreachable"))
+        else:
+            try:
+                with self._errors("look up the network"):
+                    self._ensure_network(client)
+                results.append(CheckResult(name="network", ok=True, detail=f"{self.config.network} exists"))
+            except BackendError as exc:
+                results.append(CheckResult(name="network", ok=False, detail=str(exc)))
+        try:
+            workspace = self._workspace()
+            writable = os.access(workspace, os.W_OK)
+            results.append(CheckResult(name="workspace", ok=writable,
+                                       detail=f"{workspace} " + ("is writable" if writable else "is not writable")))
+        except InvalidJobSpec as exc:
+            results.append(CheckResult(name="workspace", ok=False, detail=exc.reason))
+        for dataset in datasets:
+            name = f"dataset {dataset.study}/{dataset.name}"
+            try:
+                source = self._confined_source(dataset.source, name)
+                results.append(CheckResult(name=name, ok=True, detail=f"{source} present"))
+            except InvalidJobSpec as exc:
+                results.append(CheckResult(name=name, ok=False, detail=exc.reason))
+        return results
