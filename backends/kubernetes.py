@@ -740,9 +740,8 @@ def prepare_spec(site: str, config: KubernetesSiteConfig, request: JobRequest) -
     python_path = config.default_python_path
     if "python_path" in options:
         python_path = nvflare.check_python_path(options["python_path"], f"{base}.python_path")
-    for key, chosen in (("image", job_image), ("python_path", "python_path" in options)):
-        if chosen and not request.byoc:
-            raise InvalidJobSpec(f"{base}.{key}", f"a job may choose its {key} only with locally authorized BYOC")
+    # As NVFlare's launchers (and the Docker backend): image/python_path BYOC is authorised when the
+    # FL server deploys the job, not re-checked here (launch-semantics.md §1.4).
     study = request.study
     image = nvflare.resolve_image(job_image, study.image if study else None, job_id=job_id, site=site)
 

@@ -43,7 +43,7 @@ def job_request_for(job: Job, *, credentials: dict[str, Any] | None = None) -> J
         job_args=job_args,
         set_options=tuple(job.set_options or ()),
         study=study_runtime(job.site, job.study),
-        byoc=False,  # BYOC is a site decision (DockerSiteConfig.allow_job_images), never the submitter's
+        byoc=bool(job.job_meta.get("byoc")),  # kept only when the FL parent itself submitted (below)
     )
 
 
@@ -72,7 +72,12 @@ def job_submit(
     if role not in nvflare.ROLES:
         raise InvalidJobSpec("role", f"must be one of {', '.join(nvflare.ROLES)}")
     meta = dict(job_meta or {})
-    meta.pop("byoc", None)  # only the site decides BYOC (§1.4)
+    # BYOC is the site's decision (§1.4): trusted only from the site's own FL parent (a site token),
+    # which sends the meta it deployed; from anyone else it is dropped.
+    if submitted_by_token is not None and submitted_by_token.site_id == site.pk:
+        meta["byoc"] = bool(meta.get("byoc"))
+    else:
+        meta.pop("byoc", None)
     study = meta.get("study") or ""
     if not isinstance(study, str):
         raise InvalidJobSpec("job_meta.study", "must be a string")
@@ -85,7 +90,7 @@ def job_submit(
     backend = site_backend(site)
     probe = JobRequest(
         site=site.name, job_pk="0", job_id=job_id, role=role, job_meta=meta, job_args=job_args or {},
-        set_options=options, study=study_runtime(site, study),
+        set_options=options, study=study_runtime(site, study), byoc=bool(meta.get("byoc")),
     )
     spec = backend.prepare(probe)  # validation only; the launch task prepares again with fresh study data
     stored_args, credentials = split_credentials(dict(job_args or {}))

@@ -163,16 +163,11 @@ def test_image_precedence_job_then_study_then_error():
         backend().prepare(job_request(job_meta=no_image))
 
 
-def test_job_image_and_python_path_need_byoc():
-    with pytest.raises(InvalidJobSpec) as err:
-        backend().prepare(job_request(byoc=False))
-    assert err.value.field == f"{BASE}.image"
-    study = StudyRuntime(name="s1", image="site/approved:1")
-    meta = {"launcher_spec": {SITE: {"k8s": {"python_path": "/opt/py"}}}}
-    with pytest.raises(InvalidJobSpec) as err:
-        backend().prepare(job_request(job_meta=meta, study=study, byoc=False))
-    assert err.value.field == f"{BASE}.python_path"
-    assert backend().prepare(job_request(job_meta=meta, study=study)).command[0] == "/opt/py"
+def test_job_may_choose_image_and_python_path_as_with_nvflare_launchers():
+    # BYOC for these is authorised by the FL server at deploy time; the launcher takes the job's choice.
+    meta = {"launcher_spec": {SITE: {"k8s": {"image": "job/own:2", "python_path": "/opt/py"}}}}
+    spec = backend().prepare(job_request(job_meta=meta, study=StudyRuntime(name="s1", image="site/approved:1"), byoc=False))
+    assert spec.image == "job/own:2" and spec.command[0] == "/opt/py"
 
 
 def test_study_datasets_env_and_template():
