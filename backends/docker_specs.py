@@ -28,9 +28,9 @@ from backends.base import (
     ReturnCode,
     state_for_return_code,
 )
+from backends.paths import RESERVED_WORKSPACE_NAMES
 
 CONTAINER_ROOT = "/var/tmp/nvflare/workspace"
-RESERVED_CHILDREN = ("startup", "local")
 DEFAULT_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 
 SDK_KWARGS = frozenset(RUN_CREATE_KWARGS) | frozenset(RUN_HOST_CONFIG_KWARGS)
@@ -309,7 +309,7 @@ def check_workspace_child(name: Any, path: str = "job_id") -> str:
         or "\0" in name or _normpath(name) != name
     ):
         raise InvalidJobSpec(path, f"{name!r} must name a single workspace child (no path separators, '.' or '..')")
-    if name in RESERVED_CHILDREN:
+    if name in RESERVED_WORKSPACE_NAMES:
         raise InvalidJobSpec(path, f"{name!r} is a reserved workspace name")
     return name
 
