@@ -42,18 +42,34 @@ class TokenAuthentication(authentication.BaseAuthentication):
         if len(header) != 2:
             raise exceptions.AuthenticationFailed("Invalid token header: use 'Authorization: Token <token>'.")
         key = f"failed-token:{request.META.get('REMOTE_ADDR', '')}"
-        if cache.get(key, 0) >= settings.LAUNCHER_FAILED_TOKEN_LIMIT:
+        if _failures(key) >= settings.LAUNCHER_FAILED_TOKEN_LIMIT:
             raise exceptions.Throttled(wait=FAILED_WINDOW, detail="Too many failed token attempts; try again later.")
         token = token_authenticate(header[1])
         if token is None:
-            cache.add(key, 0, FAILED_WINDOW)
-            try:
-                cache.incr(key)
-            except ValueError:
-                cache.set(key, 1, FAILED_WINDOW)
+            _count_failure(key)
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")
         principal = SitePrincipal(token.site) if token.site_id else token.user
         return principal, token
 
     def authenticate_header(self, request):
         return self.keyword
+
+
+# The counter lives in the shared cache (Redis). With Redis down the API must keep answering the
+# FL server, so the throttle then fails open: the token itself is still checked in the database.
+def _failures(key: str) -> int:
+    try:
+        return cache.get(key, 0)
+    except Exception:
+        return 0
+
+
+def _count_failure(key: str) -> None:
+    try:
+        cache.add(key, 0, FAILED_WINDOW)
+        try:
+            cache.incr(key)
+        except ValueError:
+            cache.set(key, 1, FAILED_WINDOW)
+    except Exception:
+        pass

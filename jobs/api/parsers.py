@@ -1,0 +1,93 @@
+"""Body limits and YAML for the API.
+
+DRF parsers read the request stream directly, which skips Django's DATA_UPLOAD_MAX_MEMORY_SIZE check
+(that lives in HttpRequest.body), so the limit is enforced here: a larger body is a 413, never read
+into memory.
+"""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from django.conf import settings
+from rest_framework import exceptions, parsers, renderers, status
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "Request body too large."
+    default_code = "payload_too_large"
+
+
+def body_limit() -> int:
+    return settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+
+
+def check_content_length(request) -> None:
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise exceptions.ParseError("Invalid Content-Length header.") from None
+    if length > body_limit():
+        raise PayloadTooLarge(f"Request body is {length} bytes; the limit is {body_limit()} bytes.")
+
+
+def read_limited(stream) -> bytes:
+    if stream is None:
+        return b""
+    data = stream.read(body_limit() + 1)
+    if len(data) > body_limit():
+        raise PayloadTooLarge(f"Request body is larger than the limit of {body_limit()} bytes.")
+    return data
+
+
+class LimitedJSONParser(parsers.JSONParser):
+    def parse(self, stream, media_type=None, parser_context=None):
+        raw = read_limited(stream)
+        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
+        try:
+            return json.loads(raw.decode(encoding), parse_constant=_refuse_constant)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise exceptions.ParseError(f"Malformed JSON: {exc}") from None
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class YAMLParser(parsers.BaseParser):
+    """application/yaml bodies (NVFlare's study files), loaded with yaml.safe_load."""
+
+    media_type = "application/yaml"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        from jobs.services.study_files import StudyFileError, yaml_load
+
+        raw = read_limited(stream)
+        try:
+            return yaml_load(raw, "the YAML body")
+        except StudyFileError as exc:
+            raise exceptions.ParseError(str(exc)) from None
+
+
+class XYAMLParser(YAMLParser):
+    media_type = "application/x-yaml"
+
+
+class TextYAMLParser(YAMLParser):
+    media_type = "text/yaml"
+
+
+class YAMLRenderer(renderers.BaseRenderer):
+    media_type = "application/yaml"
+    format = "yaml"
+    charset = "utf-8"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        if data is None:
+            return b""
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True).encode()
+
+
+YAML_PARSERS = [YAMLParser, XYAMLParser, TextYAMLParser]

@@ -1,0 +1,319 @@
+"""A site's studies as NVFlare's own files: v1 `local/study_data.yaml` and v2 `local/study_runtime.yaml`.
+
+Parsing is pure and mirrors NVFlare's loaders (nvflare/app_opt/job_launcher/study_data.py and
+study_runtime.py, launch-semantics.md §5.1-§5.2): same checks, messages naming the study/dataset the
+way they do. Replacing is all or nothing: the whole file is parsed first, then applied through the
+catalog services inside one transaction, so one bad entry leaves the site unchanged.
+
+v2 keys this launcher cannot honour yet (`secret_env`, `secret_mounts`, `slurm`) are refused with a
+clear message rather than dropped: silently losing a secret would launch a job without it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from jobs.models import Site, Study
+from jobs.services import catalog
+
+NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$")
+MODES = ("ro", "rw")
+FORMAT_VERSION = 2
+STUDY_KEYS_V2 = ("container", "pod_template", "docker_kwargs", "datasets", "env", "secret_env", "secret_mounts", "slurm")
+NOT_SUPPORTED_V2 = ("secret_env", "secret_mounts", "slurm")
+DATASET_KEYS_V2 = ("type", "source", "mode")
+RESERVED_DATASET_TYPES = ("databricks",)
+V1_FILE = "study_data.yaml"
+V2_FILE = "study_runtime.yaml"
+
+
+class StudyFileError(ValueError):
+    """The file cannot be used; the message names the study/dataset and the reason."""
+
+
+def yaml_load(text: str | bytes, what: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise StudyFileError(f"could not parse {what}: {_yaml_problem(exc)}") from None
+
+
+def yaml_dump(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else str(problem)
+
+
+# ---------------------------------------------------------------------------------------------
+# v1: study -> dataset -> {source, mode}
+# ---------------------------------------------------------------------------------------------
+
+
+def study_data_parse(text: str | bytes) -> dict[str, dict[str, dict[str, str]]]:
+    """Parse and validate a v1 study_data.yaml. An empty file means no studies."""
+    return study_data_validate(yaml_load(text, V1_FILE))
+
+
+def study_data_validate(data: Any) -> dict[str, dict[str, dict[str, str]]]:
+    """The checks of NVFlare's load_study_data_file, on already-loaded YAML. Raises StudyFileError."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise StudyFileError(f"{V1_FILE} does not contain a dictionary (study -> dataset -> {{source, mode}}).")
+    result: dict[str, dict[str, dict[str, str]]] = {}
+    for study, datasets in data.items():
+        _check_name(study, "study name")
+        if not isinstance(datasets, dict):
+            raise StudyFileError(
+                f"{V1_FILE} uses study -> dataset -> {{source, mode}}; entry for study '{study}' must be a dictionary."
+            )
+        result[study] = {}
+        for dataset, entry in datasets.items():
+            _check_name(dataset, "dataset name")
+            if not isinstance(entry, dict):
+                raise StudyFileError(f"dataset entry '{study}/{dataset}' must be a dictionary with source and mode.")
+            source = entry.get("source")
+            if not isinstance(source, str) or not source:
+                raise StudyFileError(f"dataset entry '{study}/{dataset}' must define a non-empty source.")
+            mode = entry.get("mode")
+            if mode not in MODES:
+                raise StudyFileError(f"dataset entry '{study}/{dataset}' must set mode to 'ro' or 'rw'.")
+            unknown = sorted(set(entry) - {"source", "mode"})
+            if unknown:  # dashboard: stricter than NVFlare, which ignores them
+                raise StudyFileError(f"dataset entry '{study}/{dataset}' has unknown key(s) {unknown}; allowed: ['mode', 'source'].")
+            result[study][dataset] = {"source": source, "mode": mode}
+    return result
+
+
+def _check_name(value: Any, label: str) -> None:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise StudyFileError(f"{label} {value!r} is not a valid study-data path component "
+                             "(1-63 lower-case letters, digits, '_' or '-', alphanumeric at both ends).")
+
+
+def study_data_export(site: Site) -> dict[str, dict[str, dict[str, str]]]:
+    return {
+        study.name: {d.name: {"source": d.source, "mode": d.mode} for d in study.datasets.all()}
+        for study in site.studies.prefetch_related("datasets").order_by("name")
+    }
+
+
+def study_data_dump(site: Site) -> str:
+    """The site's study_data.yaml (v1), every study included (a study without datasets as `{}`)."""
+    return yaml_dump(study_data_export(site))
+
+
+def study_data_replace(site: Site, text: str | bytes | None = None, *, data: Any = None) -> dict:
+    """Make the site's datasets exactly what the v1 file says. Studies missing from the site are
+    created; studies missing from the file keep their other settings but lose their datasets.
+    All or nothing: raises StudyFileError (file) or ValidationError (a value the catalog refuses,
+    keyed `study/dataset.field`), and then nothing changed. Returns the parsed mapping."""
+    parsed = study_data_parse(text) if text is not None else study_data_validate(data)
+    runtime = {study: {"datasets": datasets} for study, datasets in parsed.items()}
+    _apply(site, runtime, reset_other_settings=False)
+    return parsed
+
+
+# ---------------------------------------------------------------------------------------------
+# v2: format_version 2, studies: {name: {container, pod_template, docker_kwargs, datasets, env}}
+# ---------------------------------------------------------------------------------------------
+
+
+def study_runtime_parse(text: str | bytes) -> dict[str, dict[str, Any]]:
+    """Parse and validate a v2 study_runtime.yaml into study -> {image, env, docker_kwargs,
+    pod_template, datasets}. Raises StudyFileError."""
+    return study_runtime_validate(yaml_load(text, V2_FILE))
+
+
+def study_runtime_validate(data: Any) -> dict[str, dict[str, Any]]:
+    config = _mapping(data, "file content")
+    _known(config, ("format_version", "studies"), "top level")
+    version = config.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:  # the string "2" is refused, as NVFlare
+        raise StudyFileError(f"format_version must be {FORMAT_VERSION}, got {version!r}.")
+    studies = config.get("studies")
+    studies = _mapping({} if studies is None else studies, "studies")
+    return {_name(study, "study name"): _runtime_study(study, entry) for study, entry in studies.items()}
+
+
+def _runtime_study(study: str, entry: Any) -> dict[str, Any]:
+    label = f"studies.{study}"
+    entry = _mapping(entry, label)
+    _known(entry, STUDY_KEYS_V2, label)
+    for key in NOT_SUPPORTED_V2:
+        if key in entry:
+            raise StudyFileError(f"{label}.{key} is not supported by FLARE Launcher yet; remove it "
+                                 "(the launcher would otherwise start jobs without it).")
+    result: dict[str, Any] = {"image": "", "env": {}, "docker_kwargs": {}, "pod_template": None, "datasets": {}}
+    if "container" in entry:
+        container = _mapping(entry["container"], f"{label}.container")
+        _known(container, ("image",), f"{label}.container")
+        result["image"] = _string(container.get("image"), f"{label}.container.image")
+    if "pod_template" in entry:
+        template = entry["pod_template"]
+        if isinstance(template, str):
+            raise StudyFileError(f"{label}.pod_template must be an inline mapping here; a file path under local/ "
+                                 "cannot be uploaded (paste the Pod manifest instead).")
+        template = _mapping(template, f"{label}.pod_template")
+        if template.get("kind") and template.get("kind") != "Pod":
+            raise StudyFileError(f"{label}.pod_template must define kind: Pod.")
+        result["pod_template"] = template
+    if "docker_kwargs" in entry:
+        result["docker_kwargs"] = dict(_mapping(entry["docker_kwargs"], f"{label}.docker_kwargs"))
+    if "datasets" in entry:
+        datasets = _mapping(entry["datasets"], f"{label}.datasets")
+        result["datasets"] = {_name(name, f"{label}.datasets.{name} dataset name"): _runtime_dataset(study, name, value)
+                              for name, value in datasets.items()}
+    if "env" in entry:
+        result["env"] = _runtime_env(study, entry["env"])
+    return result
+
+
+def _runtime_dataset(study: str, dataset: str, entry: Any) -> dict[str, str]:
+    label = f"studies.{study}.datasets.{dataset}"
+    entry = _mapping(entry, label)
+    kind = entry.get("type", "mount")
+    if kind in RESERVED_DATASET_TYPES:
+        raise StudyFileError(f"{label} type '{kind}' is not yet supported.")
+    if kind != "mount":
+        raise StudyFileError(f"{label} has unknown type {kind!r}; allowed: 'mount'.")
+    _known(entry, DATASET_KEYS_V2, label)
+    source = _string(entry.get("source"), f"{label}.source")
+    mode = entry.get("mode")
+    if mode not in MODES:
+        raise StudyFileError(f"{label}.mode must be 'ro' or 'rw'.")
+    return {"source": source, "mode": mode}
+
+
+def _runtime_env(study: str, entry: Any) -> dict[str, str]:
+    entry = _mapping(entry, f"studies.{study}.env")
+    env = {}
+    for name, value in entry.items():
+        _string(name, f"studies.{study}.env variable name")
+        if name in catalog.LAUNCHER_OWNED_ENV:
+            raise StudyFileError(f"studies.{study}.env.{name} is launcher-owned and cannot be set in study config.")
+        if isinstance(value, (dict, list)) or value is None:
+            raise StudyFileError(f"studies.{study}.env.{name} must be a scalar value.")
+        value = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        if not value:
+            raise StudyFileError(f"studies.{study}.env.{name} must not be empty; set a value or remove the key.")
+        env[name] = value
+    return env
+
+
+def _mapping(value: Any, label: str) -> dict:
+    if not isinstance(value, dict):
+        raise StudyFileError(f"{label} must be a mapping.")
+    return value
+
+
+def _known(entry: dict, known: tuple[str, ...], label: str) -> None:
+    unknown = set(entry) - set(known)
+    if unknown:
+        raise StudyFileError(f"{label} has unknown key(s) {sorted(map(str, unknown))}; allowed: {sorted(known)}.")
+
+
+def _name(value: Any, label: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise StudyFileError(f"{label} {value!r} is not a valid name.")
+    return value
+
+
+def _string(value: Any, label: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise StudyFileError(f"{label} must be a non-empty string.")
+    return value
+
+
+def study_runtime_export(site: Site) -> dict[str, Any]:
+    studies: dict[str, Any] = {}
+    for study in site.studies.prefetch_related("datasets").order_by("name"):
+        entry: dict[str, Any] = {}
+        if study.image:
+            entry["container"] = {"image": study.image}
+        if study.pod_template:
+            entry["pod_template"] = study.pod_template
+        if study.docker_kwargs:
+            entry["docker_kwargs"] = study.docker_kwargs
+        datasets = {d.name: {"type": "mount", "source": d.source, "mode": d.mode} for d in study.datasets.all()}
+        if datasets:
+            entry["datasets"] = datasets
+        if study.env:
+            entry["env"] = study.env
+        studies[study.name] = entry
+    return {"format_version": FORMAT_VERSION, "studies": studies}
+
+
+def study_runtime_dump(site: Site) -> str:
+    """The site's study_runtime.yaml (v2)."""
+    return yaml_dump(study_runtime_export(site))
+
+
+def study_runtime_replace(site: Site, text: str | bytes | None = None, *, data: Any = None) -> dict:
+    """Make the site's studies exactly what the v2 file says: listed studies get its image, env,
+    docker_kwargs, pod_template and datasets; studies not listed get an empty runtime (as NVFlare
+    gives them) but keep their description. All or nothing, like study_data_replace."""
+    parsed = study_runtime_parse(text) if text is not None else study_runtime_validate(data)
+    _apply(site, parsed, reset_other_settings=True)
+    return parsed
+
+
+# ---------------------------------------------------------------------------------------------
+# Applying a parsed file through the catalog services
+# ---------------------------------------------------------------------------------------------
+
+EMPTY_RUNTIME = {"image": "", "env": {}, "docker_kwargs": {}, "pod_template": None}
+
+
+def _apply(site: Site, runtime: dict[str, dict[str, Any]], *, reset_other_settings: bool) -> None:
+    with transaction.atomic():
+        existing = {s.name: s for s in Study.objects.select_for_update().filter(site=site)}
+        for name, study in existing.items():
+            if name not in runtime:
+                _apply_study(site, study, name, {**(EMPTY_RUNTIME if reset_other_settings else {}), "datasets": {}})
+        for name, entry in runtime.items():
+            _apply_study(site, existing.get(name), name, entry)
+
+
+def _apply_study(site: Site, study: Study | None, name: str, entry: dict[str, Any]) -> None:
+    settings = {k: v for k, v in entry.items() if k != "datasets"}
+    with _prefixed(name):
+        if study is None:
+            study = catalog.study_create(site=site, name=name, **settings)
+        elif settings:
+            study = catalog.study_update(study=study, **settings)
+    wanted = entry.get("datasets", {})
+    current = {d.name: d for d in study.datasets.all()}
+    for dataset_name, dataset in current.items():
+        if dataset_name not in wanted:
+            catalog.dataset_delete(dataset=dataset)
+    for dataset_name, values in wanted.items():
+        with _prefixed(f"{name}/{dataset_name}"):
+            if dataset_name in current:
+                catalog.dataset_update(dataset=current[dataset_name], **values)
+            else:
+                catalog.dataset_create(study=study, name=dataset_name, **values)
+
+
+class _prefixed:
+    """Re-key a catalog ValidationError so the message says which study/dataset it is about."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if isinstance(exc, ValidationError) and hasattr(exc, "error_dict"):
+            raise ValidationError({f"{self.prefix}.{field}": messages for field, messages in exc.message_dict.items()}) from None
+        return False
