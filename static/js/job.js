@@ -1,0 +1,138 @@
+// The job page: state, timeline and log lines arrive over /ws/jobs/<id>/ without a reload.
+"use strict";
+document.addEventListener("DOMContentLoaded", function () {
+  const L = window.Launcher;
+  const root = document.getElementById("job");
+  if (!root) return;
+  const jobId = Number(root.dataset.job);
+  const texts = L.jsonData("rc-texts");
+  const logs = document.getElementById("logs");
+  const follow = document.getElementById("follow");
+  const pause = document.getElementById("pause");
+  const timeline = document.getElementById("timeline");
+  const TERMINAL = ["succeeded", "failed", "aborted", "launch_failed", "lost"];
+  let buffered = [];
+  let paused = false;
+  let lastTimeline = 0;
+  timeline.querySelectorAll("li[data-seq]").forEach(function (li) { lastTimeline = Math.max(lastTimeline, Number(li.dataset.seq)); });
+
+  // Terminate: a <dialog> instead of the confirmation page.
+  const terminate = document.getElementById("terminate");
+  const dialog = document.getElementById("terminate-dialog");
+  if (terminate && dialog && typeof dialog.showModal === "function") {
+    terminate.addEventListener("click", function (event) { event.preventDefault(); dialog.showModal(); });
+    dialog.querySelector("[data-close]").addEventListener("click", function () { dialog.close(); });
+  }
+
+  function scrollLogs() { if (follow.checked) logs.scrollTop = logs.scrollHeight; }
+  scrollLogs();
+
+  function appendLines(lines) {
+    if (!lines.length) return;
+    const text = logs.textContent;
+    const prefix = text && !text.endsWith("\n") ? "\n" : "";
+    logs.appendChild(document.createTextNode(prefix + lines.join("\n") + "\n"));
+    while (logs.childNodes.length > 2000) logs.removeChild(logs.firstChild);
+    scrollLogs();
+  }
+
+  pause.addEventListener("click", function () {
+    paused = !paused;
+    pause.setAttribute("aria-pressed", String(paused));
+    pause.textContent = paused ? "Resume" : "Pause";
+    if (!paused) { appendLines(buffered); buffered = []; }
+  });
+  follow.addEventListener("change", scrollLogs);
+
+  function set(field, value) {
+    const el = root.querySelector('[data-field="' + field + '"]');
+    if (el) el.textContent = value || "—";
+  }
+
+  function applyJob(job) {
+    if (!job || Number(job.id) !== jobId) return;
+    const wasTerminal = TERMINAL.indexOf(root.dataset.state) >= 0;
+    root.dataset.state = job.state;
+    root.dataset.started = job.started_at || "";
+    root.dataset.finished = job.finished_at || "";
+    const badge = document.getElementById("job-state");
+    badge.className = "badge big state-" + job.state;
+    badge.textContent = job.state;
+    const hasCode = job.return_code !== null && job.return_code !== undefined;
+    document.getElementById("rc").textContent = hasCode ? job.return_code : "—";
+    document.getElementById("rc-text").textContent = hasCode ? (texts[String(job.return_code)] || "unknown return code") : "";
+    set("image", job.image);
+    set("handle", job.handle && job.handle.ref);
+    set("started_at", L.fmtUtc(job.started_at));
+    set("finished_at", L.fmtUtc(job.finished_at));
+    set("reason", job.reason);
+    set("detail", job.detail);
+    document.getElementById("job-duration").textContent = L.duration(job.started_at, job.finished_at) || "—";
+    loadTimeline();
+    if (TERMINAL.indexOf(job.state) >= 0) {
+      if (terminate) terminate.hidden = true;
+      if (dialog && dialog.open) dialog.close();
+      if (!wasTerminal) loadSavedTail();
+    }
+  }
+
+  function loadTimeline() {
+    fetch(root.dataset.timelineUrl + "?after=" + lastTimeline, { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (data) {
+        if (!data) return;
+        data.events.forEach(function (e) {
+          if (e.seq <= lastTimeline) return;
+          lastTimeline = e.seq;
+          const li = document.createElement("li");
+          li.dataset.seq = e.seq;
+          const time = document.createElement("time");
+          time.dateTime = e.at;
+          time.textContent = L.fmtUtc(e.at);
+          const badge = document.createElement("span");
+          const note = e.from === e.to;
+          badge.className = "badge " + (note ? "note" : "state-" + e.to);
+          badge.textContent = note ? "note" : e.to;
+          const source = document.createElement("span");
+          source.className = "source";
+          source.textContent = e.source;
+          const msg = document.createElement("span");
+          msg.className = "msg wrap";
+          msg.textContent = e.message;
+          li.append(time, " ", badge, " ", source, " ", msg);
+          timeline.appendChild(li);
+        });
+      }).catch(function () {});
+  }
+
+  function loadSavedTail() {
+    // The job ended: its saved tail is the record (it also covers lines a dropped socket missed).
+    fetch(root.dataset.logsUrl, { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (text) {
+        if (text === null) return;
+        if (text) logs.textContent = text.endsWith("\n") ? text : text + "\n";
+        document.getElementById("logs-note").textContent = "Saved tail of the finished job.";
+        scrollLogs();
+      }).catch(function () {});
+  }
+
+  setInterval(function () {
+    if (root.dataset.started && !root.dataset.finished) {
+      document.getElementById("job-duration").textContent = L.duration(root.dataset.started, null);
+    }
+  }, 1000);
+
+  L.live("/ws/jobs/" + jobId + "/", {
+    seq: root.dataset.seq,
+    onMessage: function (message) {
+      if (message.type === "job.update") applyJob(message.job);
+      else if (message.type === "snapshot") (message.jobs || []).forEach(applyJob);
+      else if (message.type === "job.log" && Number(message.job) === jobId) {
+        const lines = (message.lines || []).map(String);
+        if (paused) buffered = buffered.concat(lines).slice(-5000);
+        else appendLines(lines);
+      }
+    },
+  });
+});

@@ -1,0 +1,104 @@
+// Shared by every page: small progressive enhancements and the live websocket client.
+// Data is only ever written with textContent / createElement, never innerHTML.
+"use strict";
+(function () {
+  document.documentElement.classList.add("js");
+
+  function pad(n) { return String(n).padStart(2, "0"); }
+
+  function fmtUtc(iso) {
+    if (!iso) return "";
+    const d = new Date(iso);
+    if (isNaN(d)) return "";
+    return d.getUTCFullYear() + "-" + pad(d.getUTCMonth() + 1) + "-" + pad(d.getUTCDate()) + " " +
+      pad(d.getUTCHours()) + ":" + pad(d.getUTCMinutes()) + ":" + pad(d.getUTCSeconds());
+  }
+
+  function fmtDuration(seconds) {
+    seconds = Math.max(0, Math.floor(seconds));
+    const h = Math.floor(seconds / 3600), m = Math.floor((seconds % 3600) / 60), s = seconds % 60;
+    if (h) return h + "h " + pad(m) + "m " + pad(s) + "s";
+    if (m) return m + "m " + pad(s) + "s";
+    return s + "s";
+  }
+
+  function duration(started, finished) {
+    if (!started) return "";
+    const end = finished ? new Date(finished) : new Date();
+    return fmtDuration((end - new Date(started)) / 1000);
+  }
+
+  // A websocket that reconnects by itself with capped, jittered backoff, resumes from the last
+  // sequence number it saw, and shows its state in the #live indicator.
+  function live(path, options) {
+    const indicator = document.getElementById("live");
+    let seq = Number(options.seq) || 0;
+    let socket = null, attempt = 0, lastMessage = 0, stopped = false;
+
+    function show(status, text) {
+      if (!indicator) return;
+      indicator.hidden = false;
+      indicator.dataset.status = status;
+      indicator.textContent = text;
+      indicator.title = status === "live" ? "Live updates are connected" : "Live updates are not connected";
+    }
+
+    function connect() {
+      const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+      show("connecting", attempt ? "reconnecting…" : "connecting…");
+      socket = new WebSocket(scheme + location.host + path);
+      socket.addEventListener("open", function () {
+        attempt = 0;
+        lastMessage = Date.now();
+        show("live", "live");
+        socket.send(JSON.stringify({ type: "resume", seq: seq }));
+        if (options.onOpen) options.onOpen();
+      });
+      socket.addEventListener("message", function (event) {
+        lastMessage = Date.now();
+        let message;
+        try { message = JSON.parse(event.data); } catch (e) { return; }
+        if (typeof message.seq === "number" && message.seq > seq) seq = message.seq;
+        if (message.type === "heartbeat") return;
+        options.onMessage(message);
+      });
+      socket.addEventListener("close", function (event) {
+        socket = null;
+        if (stopped) return;
+        if (event.code === 4401 || event.code === 4403) {
+          show("offline", event.code === 4401 ? "signed out" : "no access");
+          return;
+        }
+        retry();
+      });
+    }
+
+    function retry() {
+      attempt += 1;
+      const delay = Math.min(30000, 500 * Math.pow(2, Math.min(attempt - 1, 6))) * (0.5 + Math.random() / 2);
+      show("offline", "offline, retrying in " + Math.ceil(delay / 1000) + " s");
+      setTimeout(connect, delay);
+    }
+
+    // Heartbeats arrive at least every 25 s: a silent socket is a dead one.
+    setInterval(function () {
+      if (socket && socket.readyState === WebSocket.OPEN && Date.now() - lastMessage > 60000) socket.close();
+    }, 10000);
+    window.addEventListener("pagehide", function () { stopped = true; if (socket) socket.close(); });
+    connect();
+    return { get seq() { return seq; } };
+  }
+
+  function jsonData(id) {
+    const el = document.getElementById(id);
+    return el ? JSON.parse(el.textContent) : {};
+  }
+
+  window.Launcher = { live: live, fmtUtc: fmtUtc, duration: duration, jsonData: jsonData };
+
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
+      select.addEventListener("change", function () { select.form.submit(); });
+    });
+  });
+})();
