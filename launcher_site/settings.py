@@ -28,6 +28,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI / ReDoc assets served locally: /api/docs/ works offline
     "channels",
     "jobs",
 ]
@@ -91,10 +92,18 @@ REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
     if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
         raise ImproperlyConfigured(f"REDIS_URL: expected redis://, rediss:// or unix://, got {REDIS_URL.split('@')[-1]!r}")
+    # Pub/sub layer: each web process (event loop) holds one subscriber connection that every
+    # consumer's channel and group rides on, plus one for publishing, so hundreds of sockets
+    # reconnecting at once cost subscribe round trips, not connections. At-most-once; browsers resume.
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {"hosts": [{
+                "address": REDIS_URL,
+                "socket_connect_timeout": 3,  # a dead Redis fails a send quickly instead of hanging it
+                "socket_keepalive": True,
+                "health_check_interval": 10,  # notice a half-open subscriber connection and reconnect
+            }]},
         }
     }
     CELERY_BROKER_URL = REDIS_URL
@@ -166,6 +175,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Launch, watch and terminate NVIDIA FLARE jobs as containers, pods or processes.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # Shared by all processes when Redis is there (failed-token counts must be seen by every web process).
@@ -187,6 +199,16 @@ LAUNCHER_PROCESS_WORKSPACES = Path(env_str("LAUNCHER_PROCESS_WORKSPACES", str(VA
 LAUNCHER_WATCHER_LEASE_SECONDS = env_int("LAUNCHER_WATCHER_LEASE_SECONDS", 15, minimum=3)
 # Run watchers inside this process (the embedded default); production runs `manage.py watch`.
 LAUNCHER_RUN_WATCHERS = env_bool("LAUNCHER_RUN_WATCHERS", LAUNCHER_EMBEDDED)
+# --- Live state (watchers, reconcile, websockets) -----------------------------------------------
+# Websocket heartbeat interval; proxies close idle sockets after ~30-60 s, browsers notice a dead server.
+LAUNCHER_WS_HEARTBEAT_SECONDS = env_int("LAUNCHER_WS_HEARTBEAT_SECONDS", 20, minimum=1, maximum=25)
+# A browser resuming more than this many job events behind gets one snapshot instead of each change.
+LAUNCHER_WS_RESUME_MAX_EVENTS = env_int("LAUNCHER_WS_RESUME_MAX_EVENTS", 1000, minimum=1)
+# Running jobs whose new output lines a watcher process forwards to open job pages (0: none).
+LAUNCHER_LOG_FOLLOWERS = env_int("LAUNCHER_LOG_FOLLOWERS", 20, minimum=0)
+# Seconds an unacknowledged Celery task (a worker killed mid-launch) waits before redelivery.
+# Must exceed the longest launch/terminate (image pulls included) and the longest retry countdown.
+LAUNCHER_TASK_VISIBILITY_SECONDS = env_int("LAUNCHER_TASK_VISIBILITY_SECONDS", 300, minimum=2)
 LAUNCHER_ADMIN_USER = env_str("LAUNCHER_ADMIN_USER", "admin")
 LAUNCHER_ADMIN_PASSWORD = env_str("LAUNCHER_ADMIN_PASSWORD")
 
