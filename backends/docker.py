@@ -1,9 +1,11 @@
 """The Docker backend: one container per NVFlare job on the site's Docker host (launch-semantics.md §3).
 
-`prepare()` turns a JobRequest into a LaunchSpec (validation and path checks only; the pure parts
-live in backends/docker_specs.py). Everything else sends what it is given to the daemon and maps
-the replies. Containers are created and started (never `containers.run()`, never auto-removed, so
-the exit code and logs can be read), labelled for `list_managed()`, and removed by `cleanup()`.
+`prepare()` turns a JobRequest into a LaunchSpec (validation and host path checks only:
+backends/docker_prepare.py, with the pure parts in backends/docker_specs.py and the filesystem checks
+in backends/docker_mounts.py). Everything else sends what it is given to the daemon and maps the
+replies (backends/docker_observe.py). Containers are created and started (never `containers.run()`,
+never auto-removed, so the exit code and logs can be read), labelled for `list_managed()`, and
+removed by `cleanup()`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import docker
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
-from backends import nvflare
 from backends.base import (
     LABEL_JOB_PK,
     LABEL_MANAGED_BY,
@@ -35,28 +36,11 @@ from backends.base import (
     LaunchSpec,
     Observation,
     ReturnCode,
-    labels_for,
 )
-from backends.docker_specs import (
-    CONTAINER_ROOT,
-    DEFAULT_SOCKETS,
-    STREAM_ACTIONS,
-    DockerSiteConfig,
-    bind,
-    check_container_kwargs,
-    check_env,
-    check_job_options,
-    check_user,
-    check_workspace_child,
-    container_name,
-    create_kwargs,
-    event_key,
-    merge_run_options,
-    observation_from_container,
-    observation_from_event,
-    rewrite_parent_url,
-    workspace_mounts,
-)
+from backends.docker_mounts import confined_source, ensure_job_dir, workspace_dir
+from backends.docker_observe import STREAM_ACTIONS, event_key, observation_from_container, observation_from_event
+from backends.docker_prepare import launch_spec_for
+from backends.docker_specs import DockerSiteConfig, create_kwargs
 
 __all__ = ["DockerBackend", "DockerSiteConfig"]
 
@@ -86,141 +70,9 @@ class DockerBackend(Backend):
     # -----------------------------------------------------------------------------------------
 
     def prepare(self, request: JobRequest) -> LaunchSpec:
-        site, job_id, study = request.site, request.job_id, request.study
-        check_workspace_child(job_id, "job_id")
-        nvflare.check_job_id(job_id)
-        if request.role not in nvflare.ROLES:
-            raise InvalidJobSpec("role", f"must be one of {', '.join(nvflare.ROLES)}")
-        if request.job_meta.get("job_id") not in (None, job_id):
-            raise InvalidJobSpec("job_meta.job_id", "does not match the job id being launched")
-
-        job = check_job_options(
-            nvflare.resolve_launcher_spec(request.job_meta, site, "docker"),
-            f"job_meta.launcher_spec.{site}.docker",
-            may_choose_entrypoint=self.config.allow_job_images or request.byoc,
-        )
-        resources = nvflare.portable_resources(request.job_meta, site)
-        if "num_of_gpus" in job and job["num_of_gpus"] != resources.get("num_of_gpus", job["num_of_gpus"]):
-            raise InvalidJobSpec(
-                f"job_meta.launcher_spec.{site}.docker.num_of_gpus",
-                "conflicts with resource_spec num_of_gpus; set the GPU count in one place",
-            )
-        study_image = nvflare.check_image(study.image, f"study.{study.name}.image") if study else None
-        image = nvflare.resolve_image(job.get("image"), study_image, job_id=job_id, site=site)
-
-        args = nvflare.normalise_job_args(request.job_args)
-        if "job_id" in args and args["job_id"][1] is not None and str(args["job_id"][1]) != job_id:
-            raise InvalidJobSpec("job_args.job_id", "does not match the job id being launched")
-        shared_dir = None
-        if "parent_url" in args and args["parent_url"][1] is not None:
-            conn_sec = args.get("parent_conn_sec", ("", None))[1]
-            url, shared_dir = rewrite_parent_url(args["parent_url"][1], conn_sec, site)
-            args["parent_url"] = (args["parent_url"][0], url)
-        python_path = job.get("python_path") or self.config.default_python_path
-        command = nvflare.render_command(python_path, request.role, args, nvflare.check_set_options(request.set_options))
-
-        workspace = self._workspace()
-        self._check_job_dir(workspace, job_id)
-        mounts = workspace_mounts(workspace, job_id)
-        for dataset in study.datasets if study else ():
-            mounts.append(self._dataset_mount(dataset, study.name))
-        if shared_dir:
-            source = self._confined_source(shared_dir, "job_args.parent_url", extra_roots=(workspace,))
-            mounts.append(bind(source, shared_dir, read_only=False))
-
-        study_env = check_env(study.env, f"study.{study.name}.env") if study else {}
-        env = {**self.config.default_job_env, **study_env, "USER": "nvflare", "HOME": "/tmp"}
-        python_dirs = [
-            (f"{workspace}/{job_id}/app_{site}/custom", f"{CONTAINER_ROOT}/{job_id}/app_{site}/custom"),
-            (f"{workspace}/local/custom", f"{CONTAINER_ROOT}/local/custom"),
-        ]
-        pythonpath = [inside for host, inside in python_dirs if os.path.isdir(host)]
-        if pythonpath:
-            env["PYTHONPATH"] = ":".join(pythonpath)
-
-        study_kwargs = (
-            check_container_kwargs(study.docker_kwargs, f"study.{study.name}.docker_kwargs",
-                                   allow_host_ipc=self.config.allow_host_ipc)
-            if study else {}
-        )
-        name = container_name(site, job_id)
-        workdir = f"{CONTAINER_ROOT}/{job_id}"
-        labels = labels_for(site=self.site, job_pk=request.job_pk, job_id=job_id, study=study.name if study else None)
-        options = {
-            **merge_run_options(self.config.default_job_container_kwargs, study_kwargs, job, resources),
-            "image": image, "command": command, "name": name, "network": self.config.network,
-            "mounts": mounts, "working_dir": workdir, "user": self._user(workspace), "labels": labels,
-        }
-        return LaunchSpec(
-            backend=self.kind, site=site, job_pk=str(request.job_pk), job_id=job_id, role=request.role,
-            name=name, image=image, command=tuple(command), env=env, credentials=nvflare.credential_env(args),
-            labels=labels, study=study.name if study else None, datasets=study.datasets if study else (),
-            workdir=workdir, options=options,
-        )
-
-    def _workspace(self) -> str:
-        configured = self.config.workspace or os.environ.get("NVFL_DOCKER_WORKSPACE", "")
-        if not configured:
-            raise InvalidJobSpec("docker.workspace", "no workspace configured (set it on the site or NVFL_DOCKER_WORKSPACE)")
-        if not os.path.isabs(configured) or os.path.normpath(configured) != configured or configured == "/":
-            raise InvalidJobSpec("docker.workspace", f"{configured!r} must be a normalised absolute path other than '/'")
-        workspace = os.path.realpath(configured)
-        for path in (workspace, f"{workspace}/startup", f"{workspace}/local"):
-            if not os.path.isdir(path):
-                raise InvalidJobSpec("docker.workspace", f"{path} does not exist or is not a directory")
-        return workspace
-
-    @staticmethod
-    def _check_job_dir(workspace: str, job_id: str) -> None:
-        path = os.path.join(workspace, job_id)
-        if not os.path.lexists(path):
-            return  # launch() creates it
-        if not os.path.realpath(path).startswith(workspace + os.sep):
-            raise InvalidJobSpec("job_id", f"job directory {path} escapes workspace {workspace}")
-        if os.path.islink(path):
-            raise InvalidJobSpec("job_id", f"job directory {path} must not be a symlink")
-
-    def _user(self, workspace: str) -> str:
-        user = self.config.user
-        if not user:
-            info = os.stat(workspace)
-            user = f"{info.st_uid}:{info.st_gid}"
-        return check_user(user, "docker.user", allow_root=self.config.allow_root)
-
-    def _dataset_mount(self, dataset: DatasetSpec, study: str) -> dict[str, Any]:
-        path = f"study.{study}.datasets.{dataset.name}"
-        nvflare.check_name(dataset.study, f"{path}.study")
-        nvflare.check_name(dataset.name, path)
-        if dataset.study != study:
-            raise InvalidJobSpec(f"{path}.study", f"belongs to study {dataset.study!r}, not {study!r}")
-        if dataset.mode not in ("ro", "rw"):
-            raise InvalidJobSpec(f"{path}.mode", "must be 'ro' or 'rw'")
-        source = self._confined_source(dataset.source, f"{path}.source")
-        return bind(source, dataset.mount_path, read_only=dataset.mode == "ro")
-
-    def _confined_source(self, source: Any, path: str, extra_roots: tuple[str, ...] = ()) -> str:
-        """A host path that may be bind-mounted: it exists, resolves (symlinks followed) under an
-        allowed root, and is neither `/` nor the Docker socket nor a directory holding it."""
-        if not isinstance(source, str) or not os.path.isabs(source):
-            raise InvalidJobSpec(path, "must be an absolute host path")
-        resolved = os.path.realpath(source)
-        if not os.path.exists(resolved):
-            raise InvalidJobSpec(path, f"{source} does not exist")
-        for socket in self._socket_paths():
-            if resolved == "/" or resolved == socket or socket.startswith(resolved.rstrip("/") + "/"):
-                raise InvalidJobSpec(path, f"{source} is or contains the Docker socket and is never mounted")
-        roots = self.allowed_data_roots + extra_roots
-        if not any(resolved == root or resolved.startswith(root.rstrip("/") + "/") for root in roots):
-            allowed = ", ".join(self.allowed_data_roots) or "none configured"
-            raise InvalidJobSpec(path, f"{source} is outside the site's allowed data roots ({allowed})")
-        return resolved
-
-    def _socket_paths(self) -> set[str]:
-        candidates = [*DEFAULT_SOCKETS, self.config.docker_host, os.environ.get("DOCKER_HOST", "")]
-        return {
-            os.path.realpath(c.removeprefix("unix://"))
-            for c in candidates if c and (c.startswith("unix://") or c.startswith("/"))
-        }
+        """See backends/docker_prepare.py; raises InvalidJobSpec naming the offending field."""
+        return launch_spec_for(request, backend_site=self.site, config=self.config,
+                               allowed_data_roots=self.allowed_data_roots)
 
     # -----------------------------------------------------------------------------------------
     # daemon plumbing
@@ -274,7 +126,7 @@ class DockerBackend(Backend):
         client = self._docker()
         with self._errors(f"launch job {spec.job_id}"):
             self._ensure_network(client)
-            self._ensure_job_dir(spec)
+            ensure_job_dir(spec)
             try:
                 container = self._create(client, spec)
             except APIError as exc:
@@ -316,18 +168,6 @@ class DockerBackend(Backend):
         if container.status == "created":
             container.start()
         return Handle(backend=self.kind, ref=spec.name)
-
-    @staticmethod
-    def _ensure_job_dir(spec: LaunchSpec) -> None:
-        source = next(m["Source"] for m in spec.options["mounts"] if m.get("Target") == spec.workdir)
-        try:
-            os.mkdir(source, 0o750)
-        except FileExistsError:
-            if os.path.islink(source) or not os.path.isdir(source):
-                raise InvalidJobSpec("job_id", f"job directory {source} must not be a symlink") from None
-            return
-        uid, gid = (int(part) for part in spec.options["user"].split(":"))
-        os.chown(source, uid, gid)
 
     def inspect(self, handle: Handle) -> Observation:
         with self._errors(f"inspect {handle.ref}"):
@@ -499,7 +339,7 @@ class DockerBackend(Backend):
             except BackendError as exc:
                 results.append(CheckResult(name="network", ok=False, detail=str(exc)))
         try:
-            workspace = self._workspace()
+            workspace = workspace_dir(self.config.workspace)
             writable = os.access(workspace, os.W_OK)
             results.append(CheckResult(name="workspace", ok=writable,
                                        detail=f"{workspace} " + ("is writable" if writable else "is not writable")))
@@ -508,7 +348,8 @@ class DockerBackend(Backend):
         for dataset in datasets:
             name = f"dataset {dataset.study}/{dataset.name}"
             try:
-                source = self._confined_source(dataset.source, name)
+                source = confined_source(dataset.source, name, allowed_roots=self.allowed_data_roots,
+                                         docker_host=self.config.docker_host)
                 results.append(CheckResult(name=name, ok=True, detail=f"{source} present"))
             except InvalidJobSpec as exc:
                 results.append(CheckResult(name=name, ok=False, detail=exc.reason))

@@ -1,10 +1,17 @@
-"""Pure mapping tests for backends/docker_specs.py: literal inputs, literal expected outputs, no daemon."""
+"""Pure mapping tests for backends/docker_specs.py and backends/docker_observe.py: literal inputs,
+literal expected outputs, no daemon."""
 
 from __future__ import annotations
 
 import pytest
 
 from backends.base import LABEL_JOB_PK, InvalidJobSpec, JobState, LaunchSpec
+from backends.docker_observe import (
+    observation_from_container,
+    observation_from_event,
+    parse_docker_time,
+    return_code_for_exit,
+)
 from backends.docker_specs import (
     CONTAINER_ROOT,
     DockerSiteConfig,
@@ -12,11 +19,7 @@ from backends.docker_specs import (
     container_name,
     create_kwargs,
     merge_run_options,
-    observation_from_container,
-    observation_from_event,
-    parse_docker_time,
     parse_shm_size,
-    return_code_for_exit,
     rewrite_parent_url,
     workspace_mounts,
 )

@@ -1,0 +1,107 @@
+"""DockerBackend.prepare(): a JobRequest checked and resolved into a LaunchSpec (launch-semantics.md
+§2.1, §3). Validation and host path checks only; nothing here talks to the daemon. The pure pieces
+are in backends/docker_specs.py, the filesystem checks in backends/docker_mounts.py.
+"""
+
+from __future__ import annotations
+
+from backends import nvflare
+from backends.base import InvalidJobSpec, JobRequest, LaunchSpec, labels_for
+from backends.docker_mounts import (
+    check_job_dir,
+    confined_source,
+    dataset_mount,
+    job_user,
+    python_path_dirs,
+    workspace_dir,
+)
+from backends.docker_specs import (
+    CONTAINER_ROOT,
+    DockerSiteConfig,
+    bind,
+    check_container_kwargs,
+    check_env,
+    check_job_options,
+    check_workspace_child,
+    container_name,
+    merge_run_options,
+    rewrite_parent_url,
+    workspace_mounts,
+)
+
+
+def launch_spec_for(
+    request: JobRequest, *, backend_site: str, config: DockerSiteConfig, allowed_data_roots: tuple[str, ...]
+) -> LaunchSpec:
+    """Validate `request` against the site's Docker settings and build its LaunchSpec. Raises
+    InvalidJobSpec naming the offending field. `allowed_data_roots` must already be resolved
+    (realpath); `backend_site` is the site the backend serves, used for the container labels."""
+    site, job_id, study = request.site, request.job_id, request.study
+    check_workspace_child(job_id, "job_id")
+    nvflare.check_job_id(job_id)
+    if request.role not in nvflare.ROLES:
+        raise InvalidJobSpec("role", f"must be one of {', '.join(nvflare.ROLES)}")
+    if request.job_meta.get("job_id") not in (None, job_id):
+        raise InvalidJobSpec("job_meta.job_id", "does not match the job id being launched")
+
+    job = check_job_options(
+        nvflare.resolve_launcher_spec(request.job_meta, site, "docker"),
+        f"job_meta.launcher_spec.{site}.docker",
+        may_choose_entrypoint=config.allow_job_images or request.byoc,
+    )
+    resources = nvflare.portable_resources(request.job_meta, site)
+    if "num_of_gpus" in job and job["num_of_gpus"] != resources.get("num_of_gpus", job["num_of_gpus"]):
+        raise InvalidJobSpec(
+            f"job_meta.launcher_spec.{site}.docker.num_of_gpus",
+            "conflicts with resource_spec num_of_gpus; set the GPU count in one place",
+        )
+    study_image = nvflare.check_image(study.image, f"study.{study.name}.image") if study else None
+    image = nvflare.resolve_image(job.get("image"), study_image, job_id=job_id, site=site)
+
+    args = nvflare.normalise_job_args(request.job_args)
+    if "job_id" in args and args["job_id"][1] is not None and str(args["job_id"][1]) != job_id:
+        raise InvalidJobSpec("job_args.job_id", "does not match the job id being launched")
+    shared_dir = None
+    if "parent_url" in args and args["parent_url"][1] is not None:
+        conn_sec = args.get("parent_conn_sec", ("", None))[1]
+        url, shared_dir = rewrite_parent_url(args["parent_url"][1], conn_sec, site)
+        args["parent_url"] = (args["parent_url"][0], url)
+    python_path = job.get("python_path") or config.default_python_path
+    command = nvflare.render_command(python_path, request.role, args, nvflare.check_set_options(request.set_options))
+
+    workspace = workspace_dir(config.workspace)
+    check_job_dir(workspace, job_id)
+    roots = {"allowed_roots": allowed_data_roots, "docker_host": config.docker_host}
+    mounts = workspace_mounts(workspace, job_id)
+    for dataset in study.datasets if study else ():
+        mounts.append(dataset_mount(dataset, study.name, **roots))
+    if shared_dir:
+        source = confined_source(shared_dir, "job_args.parent_url", **roots, extra_roots=(workspace,))
+        mounts.append(bind(source, shared_dir, read_only=False))
+
+    study_env = check_env(study.env, f"study.{study.name}.env") if study else {}
+    env = {**config.default_job_env, **study_env, "USER": "nvflare", "HOME": "/tmp"}
+    pythonpath = python_path_dirs(workspace, job_id, site)
+    if pythonpath:
+        env["PYTHONPATH"] = ":".join(pythonpath)
+
+    study_kwargs = (
+        check_container_kwargs(study.docker_kwargs, f"study.{study.name}.docker_kwargs",
+                               allow_host_ipc=config.allow_host_ipc)
+        if study else {}
+    )
+    name = container_name(site, job_id)
+    workdir = f"{CONTAINER_ROOT}/{job_id}"
+    labels = labels_for(site=backend_site, job_pk=request.job_pk, job_id=job_id, study=study.name if study else None)
+    options = {
+        **merge_run_options(config.default_job_container_kwargs, study_kwargs, job, resources),
+        "image": image, "command": command, "name": name, "network": config.network,
+        "mounts": mounts, "working_dir": workdir,
+        "user": job_user(config.user, workspace, allow_root=config.allow_root), "labels": labels,
+    }
+    return LaunchSpec(
+        backend="docker", site=site, job_pk=str(request.job_pk), job_id=job_id, role=request.role,
+        name=name, image=image, command=tuple(command), env=env, credentials=nvflare.credential_env(args),
+        labels=labels, study=study.name if study else None, datasets=study.datasets if study else (),
+        workdir=workdir, options=options,
+    )

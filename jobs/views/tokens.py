@@ -1,0 +1,58 @@
+"""API token pages: a user's own tokens and a site's tokens, and revocation."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods, require_POST
+
+from jobs import forms, selectors
+from jobs.models import ApiToken
+from jobs.services.tokens import token_create, token_revoke
+from jobs.views.common import get_site, render_page
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def user_tokens(request):
+    form = forms.TokenForm(request.POST or None)
+    secret = None
+    if request.method == "POST" and form.is_valid():
+        _, secret = token_create(user=request.user, name=form.cleaned_data["name"], created_by=request.user)
+        form = forms.TokenForm()
+    return render_page(request, "jobs/tokens.html", {"form": form, "secret": secret,
+                                                     "tokens": selectors.tokens_of(user=request.user)},
+                       section="tokens")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def site_tokens(request, site):
+    site = get_site(request, site, "admin")
+    form = forms.TokenForm(request.POST or None)
+    secret = None
+    if request.method == "POST" and form.is_valid():
+        _, secret = token_create(site=site, name=form.cleaned_data["name"], created_by=request.user)
+        form = forms.TokenForm()
+    return render_page(request, "jobs/tokens.html", {"form": form, "secret": secret,
+                                                     "tokens": selectors.tokens_of(site=site)}, site=site,
+                       section="tokens")
+
+
+@login_required
+@require_POST
+def token_revoke_view(request, pk):
+    token = get_object_or_404(ApiToken.objects.select_related("site", "user"), pk=pk)
+    if token.user_id is not None:
+        if token.user_id != request.user.pk:
+            raise PermissionDenied("Not your token.")
+        target = reverse("user-tokens")
+    else:
+        get_site(request, token.site.name, "admin")
+        target = reverse("site-tokens", args=[token.site.name])
+    token_revoke(token=token)
+    messages.success(request, f"Token {token.prefix}… revoked.")
+    return redirect(target)
