@@ -1,12 +1,31 @@
-"""Websocket consumers: authenticate, authorise, join a group, forward. They accept no commands."""
+"""Websocket consumers: authenticate, authorise, join a group, forward.
+
+They accept no commands, with one exception: the resume handshake. After (re)connecting, the
+browser may send `{"type": "resume", "seq": <last seq seen>}` once and receives what it missed
+(jobs.services.resume). Anything else a client sends is ignored. A refused connection is accepted
+and closed at once with 4401 (not logged in) or 4403 (may not see that site), so the browser can
+tell the two from a network error; nothing else is sent. A heartbeat goes out every
+LAUNCHER_WS_HEARTBEAT_SECONDS so proxies keep the socket open and clients notice a dead server.
+
+The channel layer is at-most-once (a Redis outage drops pushes). So that an open socket does not
+stay wrong until the browser reconnects, each heartbeat first catches up: changes in the socket's
+scope since the previous check that were not forwarded are sent then (one indexed query per socket
+per heartbeat; nothing is sent twice).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
 from jobs import events, selectors
 from jobs.models import Job, Site
+from jobs.services import resume
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
@@ -14,32 +33,98 @@ CLOSE_FORBIDDEN = 4403
 
 class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
     group: str | None = None
+    target: Site | Job | None = None
 
     async def connect(self):
+        events.bind_server_loop(asyncio.get_running_loop())
+        self.sent: dict[int, int] = {}  # job pk -> highest seq sent, so resume and live never repeat
+        self.resumed = False
+        self.heartbeat: asyncio.Task | None = None
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+            await self._refuse(CLOSE_UNAUTHENTICATED)
             return
         group = await self.authorised_group(user)
         if group is None:
-            await self.close(code=CLOSE_FORBIDDEN)
+            await self._refuse(CLOSE_FORBIDDEN)
             return
         self.group = group
+        self.checked = self.checked_before = await database_sync_to_async(resume.latest_seq)()
         await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
+        self.heartbeat = asyncio.create_task(self._beat())
+
+    async def _refuse(self, code: int) -> None:
+        await self.accept()
+        await self.close(code=code)
 
     async def authorised_group(self, user) -> str | None:
         raise NotImplementedError
 
+    async def missed_since(self, seq) -> resume.ResumeReply:
+        raise NotImplementedError
+
     async def disconnect(self, code):
+        if self.heartbeat is not None:
+            self.heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.heartbeat
         if self.group:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            with contextlib.suppress(Exception):  # the layer may be down; the socket is gone anyway
+                await self.channel_layer.group_discard(self.group, self.channel_name)
 
-    async def receive_json(self, content, **kwargs):
-        pass  # commands go through the REST API
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        if self.group is None or not text_data:
+            return
+        try:
+            content = json.loads(text_data)
+        except ValueError:
+            return
+        if isinstance(content, dict) and content.get("type") == "resume" and not self.resumed:
+            self.resumed = True
+            reply = await self.missed_since(content.get("seq"))
+            if reply.snapshot is not None:
+                await self._send_snapshot(reply.snapshot)
+            for message in reply.updates:
+                await self._forward(message)
 
+    async def _forward(self, message: dict) -> None:
+        pk, seq = message["job"]["id"], message.get("seq")
+        if seq is not None:
+            if seq <= self.sent.get(pk, 0):
+                return  # already sent through the other path (live vs resume)
+            self.sent[pk] = seq
+        await self.send_json({"type": "job.update", "job": message["job"], "seq": seq})
+
+    async def _beat(self) -> None:
+        interval = settings.LAUNCHER_WS_HEARTBEAT_SECONDS
+        with contextlib.suppress(Exception):  # the socket closed under us: disconnect() cleans up
+            while True:
+                await asyncio.sleep(interval)
+                await self._catch_up()
+                await self.send_json({"type": "heartbeat"})
+
+    async def _catch_up(self) -> None:
+        # Look back two intervals: an event whose id was taken before the last check may have
+        # committed after it.
+        since = self.checked_before
+        reply = await self.missed_since(since)
+        self.checked_before, self.checked = self.checked, reply.last
+        if reply.snapshot is not None:
+            fresh = [job for job in reply.snapshot["jobs"] if self.sent.get(job["id"], 0) < reply.snapshot["seq"]]
+            if fresh:
+                await self._send_snapshot(reply.snapshot)
+        for message in reply.updates:
+            await self._forward(message)
+
+    async def _send_snapshot(self, snapshot: dict) -> None:
+        for job in snapshot["jobs"]:
+            self.sent[job["id"]] = max(self.sent.get(job["id"], 0), snapshot["seq"])
+        await self.send_json(snapshot)
+
+    # Group messages (the only thing forwarded).
     async def job_update(self, event):
-        await self.send_json({"type": "job.update", "job": event["job"], "seq": event.get("seq")})
+        await self._forward(event)
 
     async def job_log(self, event):
         await self.send_json({"type": "job.log", "job": event["job"], "lines": event["lines"]})
@@ -54,7 +139,12 @@ class SiteJobsConsumer(_ForwardingConsumer):
         site = Site.objects.filter(name=name).first()
         if site is None or not selectors.user_may(user, site, "viewer"):
             return None
+        self.target = site
         return events.site_group(site.name)
+
+    @database_sync_to_async
+    def missed_since(self, seq):
+        return resume.site_jobs_resume(site=self.target, seq=seq)
 
 
 class JobConsumer(_ForwardingConsumer):
@@ -65,4 +155,9 @@ class JobConsumer(_ForwardingConsumer):
         job = Job.objects.select_related("site").filter(pk=self.scope["url_route"]["kwargs"]["job_pk"]).first()
         if job is None or not selectors.user_may(user, job.site, "viewer"):
             return None
+        self.target = job
         return events.job_group(job.pk)
+
+    @database_sync_to_async
+    def missed_since(self, seq):
+        return resume.job_resume(job=self.target, seq=seq)

@@ -1,13 +1,26 @@
-"""Channel-layer groups and the one place that publishes job changes to them."""
+"""Channel-layer groups and the one place that publishes job changes to them.
+
+Publishing never blocks the caller (a watcher, a worker, a request) on the channel layer: messages
+are handed to one long-lived event loop per process, which sends them in order. With the in-memory
+layer (embedded mode) that loop is the ASGI server's own loop, because the in-memory layer's
+queues may only be touched from the loop its consumers wait on. The layer is at-most-once: a send
+that fails (Redis down) is logged and dropped; the database is the record and browsers resume.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import threading
+from concurrent.futures import Future
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 log = logging.getLogger(__name__)
+SEND_TIMEOUT = 5.0  # seconds one group_send may take before it is dropped
+MAX_IN_FLIGHT = 5000  # sends queued on the publisher loop; beyond that new ones are dropped (and logged)
 
 
 def job_group(job_pk: int) -> str:
@@ -19,30 +32,117 @@ def site_group(site_name: str) -> str:
     return f"site.{site_name}"
 
 
+def job_message(job, seq: int | None) -> dict:
+    """The websocket payload of a job: the REST representation plus the sequence number."""
+    from jobs.api.serializers import JobSerializer
+
+    return {"type": "job.update", "job": JobSerializer(job).data, "seq": seq}
+
+
 def publish_job(job_pk: int, *, seq: int | None = None) -> None:
     """Send the job's current REST payload to its job and site groups. Called after commit only
-    (jobs.services.lifecycle). The layer is at-most-once: a failed send is logged, never raised,
-    because the database is the record and browsers re-sync on reconnect."""
-    from jobs.api.serializers import JobSerializer
+    (jobs.services.lifecycle, jobs.services.submission)."""
     from jobs.models import Job
 
     job = Job.objects.select_related("site").filter(pk=job_pk).first()
     if job is None:
         return
-    message = {"type": "job.update", "job": JobSerializer(job).data, "seq": seq}
+    message = job_message(job, seq)
     send(job_group(job.pk), message)
     send(site_group(job.site.name), message)
 
 
 def publish_log_lines(job_pk: int, site_name: str, lines: list[str]) -> None:
-    send(job_group(job_pk), {"type": "job.log", "job": job_pk, "lines": lines})
+    """New output lines of a running job, to the job's page (not to site lists)."""
+    if lines:
+        send(job_group(job_pk), {"type": "job.log", "job": job_pk, "lines": lines})
 
 
 def send(group: str, message: dict) -> None:
+    """Queue one group message; returns at once. Order between sends of one process is kept."""
     layer = get_channel_layer()
     if layer is None:
         return
-    try:
-        async_to_sync(layer.group_send)(group, message)
-    except Exception:  # Redis down: state is already committed; pushes resume when it returns
-        log.warning("could not publish to %s", group, exc_info=True)
+    _publisher.submit(layer, group, message)
+
+
+def bind_server_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Called by the consumers from the ASGI server's loop: in-memory layer sends go there."""
+    _publisher.server_loop = loop
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Wait until every queued send has been attempted (tests, benchmarks, shutdown)."""
+    return _publisher.flush(timeout)
+
+
+class _Publisher:
+    def __init__(self) -> None:
+        self.server_loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._idle = threading.Condition(self._lock)
+
+    def submit(self, layer, group: str, message: dict) -> None:
+        loop = self._target_loop(layer)
+        if loop is None:  # in-memory layer and no server loop running here: send inline
+            try:
+                async_to_sync(layer.group_send)(group, message)
+            except Exception:
+                log.warning("could not publish to %s", group, exc_info=True)
+            return
+        with self._lock:
+            if self._in_flight >= MAX_IN_FLIGHT:
+                log.warning("publisher backlog full; dropped a message to %s", group)
+                return
+            self._in_flight += 1
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._send(layer, group, message), loop)
+        except RuntimeError:  # the loop closed between the check and the call
+            self._done(None)
+            return
+        future.add_done_callback(self._done)
+
+    def _target_loop(self, layer) -> asyncio.AbstractEventLoop | None:
+        if isinstance(layer, InMemoryChannelLayer):
+            loop = self.server_loop
+            if loop is None or loop.is_closed() or not loop.is_running():
+                return None
+            try:
+                if asyncio.get_running_loop() is loop:  # never block the server loop on itself
+                    return None
+            except RuntimeError:
+                pass
+            return loop
+        return self._own_loop()
+
+    def _own_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():  # first use, or a forked worker child
+                self._loop = asyncio.new_event_loop()
+                self._pid = os.getpid()
+                self._in_flight = 0
+                threading.Thread(target=self._loop.run_forever, name="channel-publisher", daemon=True).start()
+            return self._loop
+
+    @staticmethod
+    async def _send(layer, group: str, message: dict) -> None:
+        try:
+            await asyncio.wait_for(layer.group_send(group, message), timeout=SEND_TIMEOUT)
+        except Exception as exc:  # Redis down: state is already committed; pushes resume when it returns
+            log.warning("could not publish to %s: %s", group, exc or type(exc).__name__)
+
+    def _done(self, _future: Future | None) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            if self._in_flight <= 0:
+                self._idle.notify_all()
+
+    def flush(self, timeout: float) -> bool:
+        with self._lock:
+            return self._idle.wait_for(lambda: self._in_flight <= 0, timeout)
+
+
+_publisher = _Publisher()

@@ -1,18 +1,22 @@
 """Watchers: one thread per site consuming its backend's change stream.
 
 A WatcherPool holds a per-site lease in the database, so that with several processes only one
-watches each site; the others stand by and take over when the lease expires. Each watcher reconciles
-its site after every (re)connect before it trusts the stream again, and reconnects with capped,
-jittered backoff.
+watches each site; the others stand by and take over when the lease expires (at once when the
+holder was a process on this host that has died). Each watcher opens the stream, then reconciles
+its site before it trusts the stream (so nothing that happened while it was away, or between the
+two, is missed), and reconnects with capped, jittered backoff. While a job runs, a bounded number
+of log followers forward its new output lines to the job's page.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import random
 import socket
 import threading
+import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -20,24 +24,35 @@ from django.db import IntegrityError, close_old_connections, connection, transac
 from django.db.models import Q
 from django.utils import timezone
 
-from backends.base import BackendError
-from jobs.models import Site, WatcherLease
+from backends.base import BackendError, Handle, JobState
+from jobs import events
+from jobs.models import Job, Site, WatcherLease
 from jobs.services.launching import job_apply_observation
 from jobs.services.reconciliation import site_reconcile
 from jobs.services.sites import site_backend
 
 log = logging.getLogger(__name__)
-BACKOFF_START, BACKOFF_CAP = 0.5, 30.0
+BACKOFF_START, BACKOFF_CAP = 0.5, 30.0  # seconds between reconnect attempts, doubling, with jitter
+LOG_POLL_SECONDS = 1.0  # how often a follower reads a running job's output (backends without follow_logs)
+HOSTNAME = socket.gethostname()
+
+
+# ---------------------------------------------------------------------------------------------
+# The lease
+# ---------------------------------------------------------------------------------------------
 
 
 def lease_acquire(*, site_pk: int, owner: str, seconds: int) -> bool:
-    """Take or renew the site's watcher lease; False while another owner holds an unexpired one."""
+    """Take or renew the site's watcher lease; False while another live owner holds an unexpired one."""
     now = timezone.now()
     until = now + timedelta(seconds=seconds)
     with transaction.atomic():
         if WatcherLease.objects.filter(site_id=site_pk).filter(Q(owner=owner) | Q(expires_at__lt=now)).update(
                 owner=owner, expires_at=until):
             return True
+        current = WatcherLease.objects.filter(site_id=site_pk).values_list("owner", flat=True).first()
+        if current is not None and _owner_is_dead(current):
+            return bool(WatcherLease.objects.filter(site_id=site_pk, owner=current).update(owner=owner, expires_at=until))
         try:
             with transaction.atomic():
                 WatcherLease.objects.create(site_id=site_pk, owner=owner, expires_at=until)
@@ -50,8 +65,114 @@ def lease_release(*, owner: str) -> None:
     WatcherLease.objects.filter(owner=owner).delete()
 
 
+def _owner_is_dead(owner: str) -> bool:
+    """A lease owner is "host:pid:pool"; on this host a vanished pid cannot renew, so don't wait."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != HOSTNAME or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:  # a zombie (killed, not yet reaped) is dead too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Log followers
+# ---------------------------------------------------------------------------------------------
+
+
+def new_lines(previous: list[str], current: list[str]) -> list[str]:
+    """The lines of `current` (a tail) that come after `previous` (an earlier tail of the same output)."""
+    for k in range(min(len(previous), len(current)), 0, -1):
+        if previous[-k:] == current[:k]:
+            return current[k:]
+    return current
+
+
+class LogFollower(threading.Thread):
+    """Forwards one running job's new output lines with events.publish_log_lines until stopped."""
+
+    def __init__(self, backend, job_pk: int, site_name: str, handle: Handle):
+        super().__init__(name=f"logs-{job_pk}", daemon=True)
+        self.backend, self.job_pk, self.site_name, self.handle = backend, job_pk, site_name, handle
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        follow = getattr(self.backend, "follow_logs", None)
+        if follow is not None:  # a backend that can stream output (one long request) does so
+            try:
+                for lines in follow(self.handle, self.stop):
+                    events.publish_log_lines(self.job_pk, self.site_name, list(lines))
+            except BackendError as exc:
+                log.info("log follower of job %s stopped: %s", self.job_pk, exc)
+            return
+        previous: list[str] = []
+        tail = max(1, settings.LAUNCHER_LOGS_TAIL_LINES)
+        while not self.stop.is_set():
+            try:
+                current = self.backend.logs(self.handle, tail=tail).splitlines()
+            except BackendError:
+                current = previous
+            fresh = new_lines(previous, current)
+            previous = current
+            events.publish_log_lines(self.job_pk, self.site_name, fresh)
+            self.stop.wait(LOG_POLL_SECONDS)
+
+
+class LogFollowers:
+    """At most LAUNCHER_LOG_FOLLOWERS followers per process; a job's follower ends with the job."""
+
+    _lock = threading.Lock()
+    _running: dict[int, LogFollower] = {}  # shared by every watcher of the process: the bound is per process
+
+    def __init__(self, site_name: str):
+        self.site_name = site_name
+        self.mine: set[int] = set()
+
+    def track(self, job: Job | None, backend) -> None:
+        if job is None:
+            return
+        if job.state != JobState.RUNNING or not job.handle:
+            self.drop(job.pk)
+            return
+        with self._lock:
+            follower = self._running.get(job.pk)
+            if follower is not None and follower.is_alive():
+                return
+            if len(self._running) >= settings.LAUNCHER_LOG_FOLLOWERS:
+                return
+            follower = LogFollower(backend, job.pk, self.site_name, Handle(**job.handle))
+            self._running[job.pk] = follower
+            self.mine.add(job.pk)
+        follower.start()
+
+    def drop(self, job_pk: int) -> None:
+        with self._lock:
+            follower = self._running.pop(job_pk, None)
+            self.mine.discard(job_pk)
+        if follower is not None:
+            follower.stop.set()
+
+    def drop_all(self) -> None:
+        for pk in list(self.mine):
+            self.drop(pk)
+
+
+# ---------------------------------------------------------------------------------------------
+# One site
+# ---------------------------------------------------------------------------------------------
+
+
 class SiteWatcher(threading.Thread):
-    """Streams one site until `stop` is set; reconnects on errors."""
+    """Streams one site until `stop` is set; reconnects (and reconciles) after every error."""
 
     def __init__(self, site_pk: int, site_name: str):
         super().__init__(name=f"watcher-{site_name}", daemon=True)
@@ -59,6 +180,8 @@ class SiteWatcher(threading.Thread):
         self.site_name = site_name
         self.stop = threading.Event()
         self.connected = threading.Event()
+        self.connects = 0  # successful (re)connections, each followed by a reconcile
+        self.followers = LogFollowers(site_name)
 
     def run(self) -> None:
         backoff = BACKOFF_START
@@ -66,27 +189,48 @@ class SiteWatcher(threading.Thread):
             while not self.stop.is_set():
                 try:
                     self._stream_once()
-                    backoff = BACKOFF_START
                 except BackendError as exc:
-                    log.warning("watcher %s: %s; reconnecting in %.1fs", self.site_name, exc, backoff)
+                    log.warning("watcher %s: %s; reconnecting in ~%.1fs", self.site_name, exc, backoff)
                 except Exception:
-                    log.exception("watcher %s failed; reconnecting in %.1fs", self.site_name, backoff)
+                    log.exception("watcher %s failed; reconnecting in ~%.1fs", self.site_name, backoff)
                 finally:
+                    if self.connected.is_set():
+                        backoff = BACKOFF_START  # it was up: the next failure starts over
                     self.connected.clear()
+                    self.followers.drop_all()
                     close_old_connections()
-                self.stop.wait(backoff * random.uniform(0.5, 1.0))
+                if self.stop.wait(backoff * random.uniform(0.5, 1.0)):
+                    break
                 backoff = min(backoff * 2, BACKOFF_CAP)
         finally:
+            self.followers.drop_all()
             connection.close()
 
     def _stream_once(self) -> None:
         site = Site.objects.get(pk=self.site_pk)
         backend = site_backend(site)
-        stream = backend.stream(self.stop)
+        stream = _open_stream(backend, self.stop, since=int(time.time()) - 1)
         site_reconcile(site=site)  # anything that happened while we were away
+        for job in Job.objects.filter(site=site, state=JobState.RUNNING).exclude(handle=None):
+            self.followers.track(job, backend)
+        self.connects += 1
         self.connected.set()
         for observation in stream:
-            job_apply_observation(observation, source="watcher")
+            job = job_apply_observation(observation, source="watcher", site_pk=self.site_pk)
+            self.followers.track(job, backend)
+
+
+def _open_stream(backend, stop: threading.Event, *, since: int):
+    """The backend's change stream, replaying from `since` where the backend can (Docker), so the
+    reconcile that follows and the stream overlap instead of leaving a gap."""
+    if "since" in inspect.signature(backend.stream).parameters:
+        return backend.stream(stop, since=since)
+    return backend.stream(stop)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pool
+# ---------------------------------------------------------------------------------------------
 
 
 class WatcherPool:
@@ -94,9 +238,10 @@ class WatcherPool:
     site's settings change; stops it when the lease is lost."""
 
     def __init__(self, *, lease_seconds: int | None = None):
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.owner = f"{HOSTNAME}:{os.getpid()}:{id(self):x}"
         self.lease_seconds = lease_seconds or settings.LAUNCHER_WATCHER_LEASE_SECONDS
         self.watchers: dict[int, tuple[object, SiteWatcher]] = {}
+        self.syncs = 0  # completed lease rounds (tests and health checks wait on it)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="watcher-pool", daemon=True)
 
@@ -107,6 +252,9 @@ class WatcherPool:
     def stop(self, timeout: float = 10) -> None:
         self._stop.set()
         self._thread.join(timeout)
+
+    def watching(self) -> set[str]:
+        return {watcher.site_name for _, watcher in self.watchers.values() if watcher.is_alive()}
 
     def _run(self) -> None:
         try:
@@ -124,6 +272,8 @@ class WatcherPool:
                 watcher.join(5)
             try:
                 lease_release(owner=self.owner)
+            except Exception:
+                log.warning("could not release watcher leases; they expire in %ss", self.lease_seconds)
             finally:
                 connection.close()
 
@@ -140,3 +290,4 @@ class WatcherPool:
                 watcher = SiteWatcher(pk, site.name)
                 self.watchers[pk] = ((site.backend, site.updated_at), watcher)
                 watcher.start()
+        self.syncs += 1

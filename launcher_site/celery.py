@@ -3,6 +3,7 @@
 import os
 
 from celery import Celery
+from celery.signals import worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "launcher_site.settings")
 
@@ -11,9 +12,31 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
+@app.on_after_configure.connect
+def broker_redelivery(sender, **kwargs):
+    # acks_late + a worker killed mid-task: Redis hands the unacknowledged task to another worker
+    # after the visibility timeout. Kombu's default (1 h, swept every ~100 s) would leave a launch
+    # hanging that long; sweep often enough that redelivery follows the timeout closely.
+    from django.conf import settings
+
+    visibility = settings.LAUNCHER_TASK_VISIBILITY_SECONDS
+    sender.conf.broker_transport_options = {
+        "visibility_timeout": visibility,
+        "unacked_restore_interval": max(1, min(10, visibility // 4)),
+        "unacked_restore_throttle": 1,
+        **(sender.conf.broker_transport_options or {}),
+    }
+
+
 @app.on_after_finalize.connect
 def schedule_reconcile(sender, **kwargs):
     from django.conf import settings
 
     sender.add_periodic_task(settings.LAUNCHER_RECONCILE_SECONDS, sender.tasks["jobs.tasks.sites_reconcile_task"],
                              name="reconcile every site")
+
+
+@worker_ready.connect
+def reconcile_on_start(sender, **kwargs):
+    # Start-up reconcile: whatever ended while no worker was running is recorded now, not a beat later.
+    sender.app.send_task("jobs.tasks.sites_reconcile_task")

@@ -65,12 +65,14 @@ def job_terminate(*, job_pk: int) -> Job | None:
 
 
 def job_apply_observation(
-    observation: Observation, *, source: str, job: Job | None = None, terminated: bool = False
+    observation: Observation, *, source: str, job: Job | None = None, terminated: bool = False,
+    site_pk: int | None = None,
 ) -> Job | None:
     """Record what a backend saw. On a terminal state the logs tail is saved first and the workload
-    is removed only after that record has committed."""
+    is removed only after that record has committed. Without `job`, the job is found by the
+    workload's label (restricted to `site_pk` when given); None when no job claims it."""
     if job is None:
-        job = _job_for(observation)
+        job = _job_for(observation, site_pk)
         if job is None:
             return None
     if observation.kind == "event":
@@ -86,6 +88,9 @@ def job_apply_observation(
         job_pk=job.pk, state=observation.state, source=source, message=message,
         return_code=observation.return_code, exit_code=observation.exit_code, reason=observation.reason,
         logs_tail=_trim(logs_tail),
+        # A workload seen before its launch was recorded (a worker killed mid-launch) is adopted,
+        # so that terminate, logs and cleanup can still reach it.
+        handle=Handle(job.backend or job.site.backend, observation.ref).as_dict() if observation.ref else None,
     )
     if job.is_terminal and job.handle and observation.state.is_terminal and observation.state is not JobState.LOST:
         handle = Handle(**job.handle)
@@ -94,9 +99,12 @@ def job_apply_observation(
     return job
 
 
-def _job_for(observation: Observation) -> Job | None:
+def _job_for(observation: Observation, site_pk: int | None = None) -> Job | None:
     if observation.job_pk and observation.job_pk.isdigit():
-        return Job.objects.select_related("site").filter(pk=int(observation.job_pk)).first()
+        jobs = Job.objects.select_related("site").filter(pk=int(observation.job_pk))
+        if site_pk is not None:  # a label claiming another site's job is not trusted
+            jobs = jobs.filter(site_id=site_pk)
+        return jobs.first()
     return None
 
 

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from backends.base import JobState, ReturnCode
 from jobs import events
-from jobs.models import Job, JobEvent
+from jobs.models import EventSource, Job, JobEvent
 
 # Forward-only: a job may only move to a state of higher rank. All terminal states share the top
 # rank, so the first terminal state sticks and later ones are ignored.
@@ -54,10 +54,14 @@ def job_observe(
     channel-layer groups. Duplicate, backward or post-terminal observations change nothing (apart from
     filling in a missing handle/spec/logs tail). `note_only` records a timeline note without a state
     change (an image pull, a pending reason), skipping an exact repeat of the previous note.
-    Row-locked, so two writers cannot interleave. Safe to call from any thread or process.
+    Row-locked (SELECT ... FOR UPDATE on PostgreSQL; SQLite's immediate transactions serialise
+    writers), so two writers cannot interleave. Safe to call from any thread or process. Sources:
+    api, worker, watcher, reconcile (admin for manual fixes). Raises Job.DoesNotExist, ValueError.
     """
     new = JobState(state)
-    with transaction.atomic():
+    if source not in EventSource.values:
+        raise ValueError(f"unknown event source {source!r}; expected one of {', '.join(EventSource.values)}")
+    with transaction.atomic():  # SQLite: an IMMEDIATE transaction, which serialises writers like the row lock
         job = Job.objects.select_for_update().get(pk=job_pk)
         current = JobState(job.state)
         dirty = _fill_missing(job, handle=handle, spec=spec, image=image, logs_tail=logs_tail)

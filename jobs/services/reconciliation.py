@@ -25,8 +25,10 @@ class ReconcileReport:
 def site_reconcile(*, site: Site) -> ReconcileReport:
     """One pass over a site: every non-terminal job against the backend's list of managed
     workloads. A missed exit is recorded with its exit code; a workload that vanished -> lost; a
-    managed workload no job claims -> recorded as an orphan (never deleted); a workload still
-    running for a job that already ended (terminated before launch completed) -> terminated.
+    managed workload no job claims -> recorded as an orphan (never deleted); a workload of a job
+    whose launch was never recorded -> adopted; a workload still running for a job that already
+    ended (terminated before launch completed) -> terminated. Idempotent, and safe beside the
+    watcher and the workers: every change goes through job_observe, which locks the job row.
     Raises BackendError when the backend cannot be reached."""
     backend = site_backend(site)
     report = ReconcileReport(site=site.name)
@@ -58,9 +60,15 @@ def site_reconcile(*, site: Site) -> ReconcileReport:
             continue
         if str(pk) in jobs_by_pk:
             continue
-        job = Job.objects.get(pk=pk)
+        job = Job.objects.select_related("site").get(pk=pk)
         if job.is_terminal:
             _settle_leftover(backend, job, observation)
+        elif not job.handle:
+            # Launched, but the launch was never recorded (its worker died in between): adopt it.
+            before = job.state
+            job = job_apply_observation(observation, source="reconcile", job=job)
+            if job and job.state != before:
+                report.changed.append(f"{job.job_id}: {before} -> {job.state} (adopted {ref})")
     OrphanWorkload.objects.filter(site=site).exclude(ref__in=report.orphans).delete()
     return report
 

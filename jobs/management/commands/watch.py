@@ -23,3 +23,6 @@ class Command(BaseCommand):
         self.stdout.write(f"watching as {pool.owner}")
         done.wait()
         pool.stop()
+        from jobs import events
+
+        events.flush(timeout=3)  # let the last state changes reach the channel layer

@@ -1,0 +1,244 @@
+"""Exit -> browser: how long after a job's process exits does a websocket client hear about it, and
+how many backend calls does that cost, against a 1-second poller doing what NVFlare's launchers do
+(inspect every handle once a second).
+
+    .venv/bin/python bench/propagation.py [--sizes 1 50 200] [--spread 3]
+
+Backend: the process backend (real subprocesses under process_runner.py). Stack: the embedded
+default in a throwaway directory, i.e. one `manage.py serve` process with the watcher inside,
+SQLite and the in-process channel layer (no shared service is touched). For each N, N jobs are
+launched that sleep until known, spread-out times and exit; the exit time is the runner's own
+`finished_at` record. Side by side, in this process, a poller inspects every handle each second.
+
+Backend calls: the poller's are counted (one inspect per handle per second). The watcher's are
+counted by its design: the process backend's change stream scans the state directory every 50 ms
+(one local directory scan, any N) and reconcile lists the workloads every LAUNCHER_RECONCILE_SECONDS.
+With Docker the same watcher holds one events request open instead of scanning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+class Poller(threading.Thread):
+    """NVFlare's launcher loop: every second, inspect each handle; note when it is seen finished."""
+
+    def __init__(self, backend, handles: dict[str, object]):
+        super().__init__(daemon=True)
+        self.backend, self.handles = backend, dict(handles)
+        self.seen: dict[str, float] = {}
+        self.calls = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set() and len(self.seen) < len(self.handles):
+            tick = time.monotonic()
+            for ref, handle in self.handles.items():
+                if ref in self.seen:
+                    continue
+                self.calls += 1
+                if self.backend.inspect(handle).state.is_terminal:
+                    self.seen[ref] = time.time()
+            self.stop.wait(max(0.0, 1.0 - (time.monotonic() - tick)))
+
+
+async def listen(url: str, origin: str, cookie: str, got: dict[int, float], ready: asyncio.Event):
+    """A browser on the site's jobs page: note when each job's terminal update arrives."""
+    from websockets.asyncio.client import connect
+
+    async with connect(url, origin=origin, additional_headers={"Cookie": cookie}, ping_interval=None,
+                       max_queue=None) as ws:
+        ready.set()
+        while True:
+            message = json.loads(await ws.recv())
+            if message["type"] == "job.update" and message["job"]["state"] in ("succeeded", "failed"):
+                got.setdefault(message["job"]["id"], time.time())
+
+
+def launch_all(site, n: int, spread: float, tag: str) -> list:
+    from jobs.models import Job
+    from jobs.services.launching import job_launch
+    from tests.live.conftest import queued_job
+
+    start_at = time.time() + 3 + n * 0.15  # every process is up before the first exit
+    jobs = []
+    for i in range(n):
+        exit_at = start_at + spread * i / max(1, n - 1)
+        sleep = exit_at - time.time()
+        if sleep <= 0.5:
+            raise SystemExit(f"launching is slower than planned ({i}/{n} launched); raise the margin")
+        job, credentials = queued_job(site, f"p{n}-{tag}-{i}", f"sleep={sleep:.3f}")
+        job_launch(job_pk=job.pk, credentials=credentials)
+        jobs.append(Job.objects.get(pk=job.pk))
+    return jobs
+
+
+def run_size(n: int, spread: float, ctx) -> dict:
+    from backends.base import Handle
+    from jobs.services.sites import site_backend
+
+    site, workspace, base, cookie = ctx
+    got: dict[int, float] = {}
+    holder: dict[str, object] = {}
+
+    async def main():
+        ready = asyncio.Event()
+        listener = asyncio.create_task(listen(base.replace("http", "ws") + "/ws/sites/bench/jobs/", base, cookie,
+                                              got, ready))
+        await asyncio.wait_for(ready.wait(), 30)
+        jobs = await asyncio.to_thread(launch_all, site, n, spread, secrets.token_hex(3))
+        poller = Poller(site_backend(site), {j.handle["ref"]: Handle(**j.handle) for j in jobs})
+        poller.start()
+        holder.update(jobs=jobs, poller=poller)
+        t0 = time.monotonic()
+        end = t0 + spread + 60 + n * 0.2
+        while not {j.pk for j in jobs} <= set(got):
+            if time.monotonic() > end:
+                raise SystemExit(f"only {len(got)}/{n} terminal updates arrived")
+            await asyncio.sleep(0.05)  # a bench loop watching its own counters
+        listener.cancel()
+        return time.monotonic() - t0
+
+    elapsed = asyncio.run(main())
+    jobs, poller = holder["jobs"], holder["poller"]
+    poller.join(spread + 30)
+    push, poll = [], []
+    for job in jobs:
+        finished = _finished_at(workspace, job)
+        if finished is None:
+            continue
+        push.append((got[job.pk] - finished) * 1000)
+        if job.handle["ref"] in poller.seen:
+            poll.append((poller.seen[job.handle["ref"]] - finished) * 1000)
+    minutes = max(elapsed, 1e-9) / 60
+    return {"n": n, "push": push, "poll": poll, "poll_calls_min": poller.calls / minutes, "elapsed": elapsed}
+
+
+def _finished_at(workspace: Path, job) -> float | None:
+    from jobs.models import Job
+
+    job = Job.objects.get(pk=job.pk)
+    # The runner's own exit record; the job record keeps it after the state file is removed.
+    path = workspace / ".launcher" / f"{job.handle['ref']}.json"
+    try:
+        return json.loads(path.read_text())["finished_at"]
+    except (FileNotFoundError, KeyError, ValueError):
+        pass
+    return _FINISHED.get(job.handle["ref"])
+
+
+_FINISHED: dict[str, float] = {}
+
+
+def keep_exit_times(workspace: Path, stop: threading.Event) -> None:
+    """Remember each runner's finished_at before the watcher's cleanup removes the state file."""
+    state_dir = workspace / ".launcher"
+    while not stop.is_set():
+        try:
+            for entry in os.scandir(state_dir):
+                if entry.name.endswith(".json") and entry.name[:-5] not in _FINISHED:
+                    try:
+                        data = json.loads(Path(entry.path).read_text())
+                    except (OSError, ValueError):
+                        continue
+                    if data.get("finished_at"):
+                        _FINISHED[entry.name[:-5]] = data["finished_at"]
+        except FileNotFoundError:
+            pass
+        stop.wait(0.01)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 50, 200])
+    parser.add_argument("--spread", type=float, default=3.0, help="seconds over which the N exits are spread")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-propagation-"))
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DEBUG")}
+    env.update(LAUNCHER_VAR_DIR=str(tmp / "var"), SECRET_KEY=secrets.token_urlsafe(40),
+               DJANGO_SETTINGS_MODULE="launcher_site.settings", LAUNCHER_LOG_LEVEL="WARNING",
+               LAUNCHER_LOG_FOLLOWERS="0", PORT=str(free_port()))
+    os.environ.clear()
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+    from django.test import Client
+
+    from jobs.models import Site
+
+    call_command("migrate", verbosity=0)
+    workspace = tmp / "workspace"
+    (workspace / "startup").mkdir(parents=True)
+    site = Site.objects.create(name="bench", backend="process", process={
+        "workspace": str(workspace), "default_python_path": sys.executable,
+        "default_job_env": {"PYTHONPATH": str(FIXTURES)}})
+    get_user_model().objects.create_user("bench", password="bench-pw-123", is_staff=True)
+    client = Client()
+    client.login(username="bench", password="bench-pw-123")
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+
+    server = subprocess.Popen([sys.executable, "manage.py", "serve"], cwd=ROOT, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{env['PORT']}"
+    stop = threading.Event()
+    threading.Thread(target=keep_exit_times, args=(workspace, stop), daemon=True).start()
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", int(env["PORT"])), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        rows = [run_size(n, args.spread, (site, workspace, base, cookie)) for n in args.sizes]
+    finally:
+        stop.set()
+        os.killpg(server.pid, signal.SIGINT)
+        server.wait(30)
+
+    scans_per_min = 60 / 0.05
+    print("\nexit -> websocket message (process backend, embedded stack) vs 1-second poller\n")
+    print(f"| N | push p50 | push p99 | poll p50 | poll p99 | push backend calls/min | poll backend calls/min |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['n']} | {percentile(row['push'], 50):.0f} ms | {percentile(row['push'], 99):.0f} ms "
+              f"| {percentile(row['poll'], 50):.0f} ms | {percentile(row['poll'], 99):.0f} ms "
+              f"| {scans_per_min:.0f} dir scans + {2 * (row['n'] + 1)} reads (reconcile) "
+              f"| {row['poll_calls_min']:.0f} inspects |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The watcher against the real dockerd, through a Docker API proxy this test can cut and restore
+(the shared dockerd itself is never stopped): the watcher reconnects, reconciles, and the job ends
+in the right state exactly once. And a container removed by hand is lost within one reconcile."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+
+import docker
+import pytest
+
+from backends.base import LABEL_SITE
+from jobs.models import Site
+from jobs.services.launching import job_launch
+from jobs.services.reconciliation import site_reconcile
+from jobs.watchers import SiteWatcher
+from tests.live.conftest import free_port, job_state, queued_job, transitions
+from tests.util import wait_until
+
+pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
+IMAGE = "launcher-test/fake-python:1"
+DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+class DockerProxy:
+    """TCP 127.0.0.1:port -> the Docker socket. cut() drops every connection and refuses new ones
+    (what a daemon restart looks like to a client); restore() listens again on the same port."""
+
+    def __init__(self):
+        self.port = _stable_port()
+        self.conns: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        self.server: socket.socket | None = None
+
+    def restore(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(64)
+        self.server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(DOCKER_SOCKET)
+            with self.lock:
+                self.conns |= {client, upstream}
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        try:  # wakes the thread blocked in accept(); close() alone would leave the port listening
+            self.server.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.server.close()
+        with self.lock:
+            conns, self.conns = self.conns, set()
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+
+def _stable_port() -> int:
+    """A free port below the ephemeral range: while the proxy is cut, a client connecting to an
+    ephemeral-range port can be given that very port as its source and connect to itself,
+    which would then keep the port taken."""
+    import random
+
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    for _ in range(100):
+        port = random.randint(max(1024, low - 12000), low - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    return free_port()
+
+
+@pytest.fixture
+def daemon():
+    try:
+        client = docker.DockerClient(base_url=f"unix://{DOCKER_SOCKET}", timeout=20)
+        client.ping()
+        client.images.get(IMAGE)
+    except Exception as exc:
+        if os.environ.get("LAUNCHER_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"dockerd or {IMAGE} not available: {exc}")
+        pytest.skip(f"dockerd or {IMAGE} not available: {exc}")
+    return client
+
+
+@pytest.fixture
+def proxy():
+    p = DockerProxy()
+    p.restore()
+    yield p
+    p.cut()
+
+
+@pytest.fixture
+def docker_site(daemon, tmp_path, proxy):
+    name = f"live-{uuid.uuid4().hex[:8]}"
+    workspace = tmp_path / "ws"
+    for sub in ("startup", "local"):
+        (workspace / sub).mkdir(parents=True)
+    (workspace / "startup" / "fed_client.json").write_text("{}")
+    for path in (workspace, workspace / "startup", workspace / "local", workspace / "startup" / "fed_client.json"):
+        os.chown(path, 1000, 1000)
+    site = Site.objects.create(name=name, backend="docker", docker={
+        "workspace": str(workspace), "docker_host": f"tcp://127.0.0.1:{proxy.port}", "timeout": 10,
+        "default_job_env": {"FAKE_SLEEP": "60"}})
+    yield site
+    for container in daemon.containers.list(all=True, filters={"label": f"{LABEL_SITE}={name}"}):
+        container.remove(force=True)
+
+
+def launched(site, job_id: str):
+    job, credentials = queued_job(site, job_id)
+    job.job_meta = {"launcher_spec": {"default": {"docker": {"image": IMAGE}}}}
+    job.save(update_fields=["job_meta"])
+    job_launch(job_pk=job.pk, credentials=credentials)
+    job.refresh_from_db()
+    assert job.handle, job.detail
+    return job
+
+
+def test_watcher_reconnects_after_the_daemon_connection_drops_and_records_the_missed_exit(docker_site, proxy, daemon):
+    watcher = SiteWatcher(docker_site.pk, docker_site.name)
+    watcher.start()
+    try:
+        wait_until(watcher.connected.is_set, timeout=20, message="the watcher to connect")
+        job = launched(docker_site, "dk-1")
+        wait_until(lambda: job_state(job.pk) == "running", timeout=20, message="the job to run")
+
+        proxy.cut()
+        wait_until(lambda: not watcher.connected.is_set(), timeout=10, message="the watcher to notice")
+        daemon.containers.get(job.handle["ref"]).kill()  # the job dies while nobody can see it
+        wait_until(lambda: daemon.containers.get(job.handle["ref"]).status == "exited", timeout=20,
+                   message="the container to exit")
+        assert job_state(job.pk) == "running"
+
+        proxy.restore()
+        wait_until(lambda: job_state(job.pk) == "failed", timeout=45, message="the exit to be recorded")
+        wait_until(lambda: watcher.connects >= 2 and watcher.connected.is_set(), timeout=10,
+                   message="the watcher to be streaming again")
+    finally:
+        watcher.stop.set()
+        watcher.join(15)
+    job.refresh_from_db()
+    assert job.exit_code == 137 and job.return_code == 1
+    changes = transitions(job.pk)
+    assert len(changes) == len(set(changes)) and changes[-1] == ("running", "failed")
+
+
+def test_container_removed_by_hand_is_lost_within_one_reconcile(docker_site, daemon):
+    job = launched(docker_site, "dk-gone")
+    daemon.containers.get(job.handle["ref"]).remove(force=True)
+    site_reconcile(site=docker_site)
+    job.refresh_from_db()
+    assert (job.state, job.reason, job.return_code) == ("lost", "vanished", 9)
