@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db import transaction
+from django.utils import timezone
 
 from backends.base import JobState
 from jobs.models import Job
@@ -21,6 +22,7 @@ def job_request_terminate(*, job: Job, source: str = "api", requested_by: str = 
         return job
     from jobs.tasks import job_terminate_task
 
+    Job.objects.filter(pk=job.pk, terminate_requested_at__isnull=True).update(terminate_requested_at=timezone.now())
     job_pk = job.pk
     transaction.on_commit(lambda: job_terminate_task.delay(job_pk))
     job, _ = job_observe(job_pk=job.pk, state=job.state, source=source, note_only=True,

@@ -82,6 +82,11 @@ def job_observe(
                 job.save()
             return job, False
 
+        if job.terminate_requested_at and new in (JobState.FAILED, JobState.LOST):
+            # As NVFlare: a job ended by terminate is aborted (9), whichever observer saw the exit
+            # first (a watcher's "died with 137" may arrive before the worker's terminate result).
+            new, return_code = JobState.ABORTED, ReturnCode.ABORTED
+            message = f"terminated on request ({message})" if message else "terminated on request"
         now = timezone.now()
         job.state = new.value
         if new is JobState.RUNNING or (new.is_terminal and job.started_at is None and RANK[current] >= 1):

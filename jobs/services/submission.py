@@ -129,9 +129,16 @@ def _submitted_message(user, token) -> str:
 
 
 def _enqueue_launch(job_pk: int, credentials: dict[str, Any]) -> None:
+    transaction.on_commit(lambda: _send_launch(job_pk, credentials))
+
+
+def _send_launch(job_pk: int, credentials: dict[str, Any]) -> None:
+    from jobs.services.lifecycle import job_observe
     from jobs.tasks import job_launch_task
 
-    # argsrepr keeps the credentials out of Celery's logs and monitoring.
-    transaction.on_commit(
-        lambda: job_launch_task.apply_async(args=[job_pk, credentials], argsrepr=f"({job_pk}, <credentials>)")
-    )
+    try:
+        # argsrepr keeps the credentials out of Celery's logs and monitoring.
+        job_launch_task.apply_async(args=[job_pk, credentials], argsrepr=f"({job_pk}, <credentials>)")
+    except Exception as exc:  # broker (Redis) down: the credentials cannot be kept, so say so now
+        job_observe(job_pk=job_pk, state=JobState.LAUNCH_FAILED, source="api", reason="BrokerUnavailable",
+                    message=f"the launch could not be queued ({type(exc).__name__}); submit it again with a new job id")

@@ -92,3 +92,25 @@ async def test_change_is_published_to_job_and_site_groups_after_commit():
         assert message["type"] == "job.update"
         assert message["job"]["state"] == "running" and message["job"]["job_id"] == "j1"
         assert message["seq"] == (await JobEvent.objects.filter(job=job).alast()).pk
+
+
+def test_exit_seen_after_a_terminate_request_counts_as_aborted(job):
+    from django.utils import timezone
+
+    job_observe(job_pk=job.pk, state="running", source="watcher")
+    Job.objects.filter(pk=job.pk).update(terminate_requested_at=timezone.now())
+    # The watcher sees the kill (137 -> failed/1) before the worker records its terminate result.
+    job_observe(job_pk=job.pk, state="failed", source="watcher", return_code=1, exit_code=137,
+                message="container exited with code 137")
+    job.refresh_from_db()
+    assert (job.state, job.return_code, job.exit_code) == ("aborted", 9, 137)
+    assert job.detail == "terminated on request (container exited with code 137)"
+
+
+def test_success_before_a_terminate_request_took_effect_is_kept(job):
+    from django.utils import timezone
+
+    Job.objects.filter(pk=job.pk).update(terminate_requested_at=timezone.now())
+    job_observe(job_pk=job.pk, state="succeeded", source="watcher", return_code=0)
+    job.refresh_from_db()
+    assert (job.state, job.return_code) == ("succeeded", 0)

@@ -119,3 +119,25 @@ def test_reconcile_marks_vanished_workload_lost(process_site, job_args):
     site_reconcile(site=process_site)
     job.refresh_from_db()
     assert job.state == "lost" and job.reason == "vanished"
+
+
+def test_broker_down_after_commit_marks_launch_failed_instead_of_hanging(process_site, job_args):
+    """With Redis gone the API still answers: the job is recorded and its failure explained."""
+    from jobs.services.submission import _send_launch
+    from launcher_site.celery import app
+
+    job, _ = submit(process_site, "job-h", job_args("job-h"))
+    saved = app.conf.broker_url, app.conf.task_publish_retry
+    def fresh_pool():  # the producer pool is built once from broker_url; rebuild it around the swap
+        app.pool.force_close_all()
+        app._pool = None
+
+    app.conf.broker_url, app.conf.task_publish_retry = "redis://127.0.0.1:1/0", False
+    fresh_pool()
+    try:
+        _send_launch(job.pk, {})
+    finally:
+        app.conf.broker_url, app.conf.task_publish_retry = saved
+        fresh_pool()
+    job.refresh_from_db()
+    assert job.state == "launch_failed" and job.reason == "BrokerUnavailable"
