@@ -135,16 +135,21 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+LAUNCHER_COLLECTED_STATIC = env_bool("LAUNCHER_COLLECTED_STATIC", False)
 STATIC_ROOT = Path(env_str("LAUNCHER_STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
-        if env_bool("LAUNCHER_COLLECTED_STATIC", False)
+        if LAUNCHER_COLLECTED_STATIC
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
-WHITENOISE_USE_FINDERS = True  # the embedded default serves static/ without collectstatic
+# Production serves collectstatic's hashed, compressed files; the embedded default serves static/
+# straight from the finders (and has no collected folder for WhiteNoise to warn about).
+WHITENOISE_USE_FINDERS = not LAUNCHER_COLLECTED_STATIC
+if not LAUNCHER_COLLECTED_STATIC and not STATIC_ROOT.is_dir():
+    STATIC_ROOT = None
 
 # --- Security headers (production values switch on with LAUNCHER_HTTPS) -------------------------
 LAUNCHER_HTTPS = env_bool("LAUNCHER_HTTPS", False)

@@ -61,3 +61,9 @@ def test_unreachable_redis_stops_serve_naming_redis_url(tmp_path):
     assert out.returncode != 0
     assert out.stderr.strip().splitlines() == [line for line in out.stderr.strip().splitlines()
                                                if line.startswith("configuration error: REDIS_URL: cannot reach Redis")]
+
+
+def test_websocket_heartbeat_default_is_under_25_seconds():
+    from django.conf import settings
+
+    assert 0 < settings.LAUNCHER_WS_HEARTBEAT_SECONDS <= 25  # proxies cut sockets idle for ~30-60 s
