@@ -83,10 +83,13 @@ class Stack:
             "from django.contrib.auth import get_user_model as g; "
             f"g().objects.create_superuser('bench', password='{PASSWORD}')"
         )
-        for _ in range(self.web_count):
+        logs = Path(self.env["LAUNCHER_VAR_DIR"])
+        logs.mkdir(parents=True, exist_ok=True)
+        for n in range(self.web_count):
             port = free_port()
-            proc = subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(port)], cwd=ROOT,
-                                    env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            with open(logs / f"web-{n}.log", "w") as log:  # the child keeps its own copy of the fd
+                proc = subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(port)], cwd=ROOT,
+                                        env=self.env, stdout=log, stderr=subprocess.STDOUT)
             self.procs.append(proc)
             self.urls.append(f"http://127.0.0.1:{port}")
         for url in self.urls:

@@ -55,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--overview", default="/", help="path of the overview page")
+    parser.add_argument("--overview", default="/sites/site-1/", help="path of the site's overview page")
     args = parser.parse_args()
 
     with Stack(name="list", web=1) as stack:
@@ -76,7 +76,7 @@ def main() -> None:
             ("API first page", api, f"{base}/api/v1/jobs/?site=site-1", auth),
             ("API filtered page", api, f"{base}/api/v1/jobs/?site=site-1&state=failed&study=study-3", auth),
             ("overview first page", browser, f"{base}{args.overview}", {}),
-            ("overview filtered", browser, f"{base}{args.overview}?site=site-1&state=failed&study=study-3", {}),
+            ("overview filtered", browser, f"{base}{args.overview}?state=failed&study=study-3", {}),
         ]
         for _, session, url, headers in cases:  # warm connections and caches
             measure(session, url, 5, **headers)

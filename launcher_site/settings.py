@@ -68,7 +68,7 @@ TEMPLATES = [
 DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     try:
-        _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("LAUNCHER_DB_CONN_MAX_AGE", 60), conn_health_checks=True)
+        _db = dj_database_url.parse(DATABASE_URL)
     except Exception as exc:  # dj-database-url raises several types for a bad URL
         raise ImproperlyConfigured(f"DATABASE_URL: cannot parse {DATABASE_URL.split('@')[-1]!r}: {exc}") from None
     if _db.get("ENGINE") not in ("django.db.backends.postgresql", "django.db.backends.sqlite3"):
@@ -76,6 +76,15 @@ if DATABASE_URL:
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     _db = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(VAR_DIR / "launcher.sqlite3")}
+if _db["ENGINE"] == "django.db.backends.postgresql":
+    # A connection pool per process: ASGI runs sync code on many threads, and a persistent
+    # connection per thread would exhaust PostgreSQL's max_connections under load.
+    _db["CONN_MAX_AGE"] = 0
+    _db.setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": env_int("LAUNCHER_DB_POOL_SIZE", 10, minimum=1),
+        "timeout": 20,  # seconds a request waits for a free connection before failing
+    }
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["OPTIONS"] = {
         # WAL lets readers run beside one writer; IMMEDIATE takes the write lock at BEGIN, so two

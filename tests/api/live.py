@@ -43,7 +43,7 @@ class LiveServer:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DEBUG", "LAUNCHER_REQUIRE_SERVICES")}
         env.update(DJANGO_SETTINGS_MODULE="launcher_site.settings", DATABASE_URL=database_url(),
                    SECRET_KEY="live-server-test-key", LAUNCHER_VAR_DIR=str(tmp_path / "server-var"),
-                   LAUNCHER_DB_CONN_MAX_AGE="0", PORT=str(self.port), LAUNCHER_LOG_LEVEL="WARNING")
+                   PORT=str(self.port), LAUNCHER_LOG_LEVEL="WARNING")
         (tmp_path / "server-var").mkdir(exist_ok=True)
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(self.port)], cwd=ROOT,

@@ -128,9 +128,10 @@ def test_broker_down_after_commit_marks_launch_failed_instead_of_hanging(process
 
     job, _ = submit(process_site, "job-h", job_args("job-h"))
     saved = app.conf.broker_url, app.conf.task_publish_retry
-    def fresh_pool():  # the producer pool is built once from broker_url; rebuild it around the swap
+    def fresh_pool():  # Celery builds its pools once from broker_url; rebuild them around the swap
         app.pool.force_close_all()
         app._pool = None
+        app.amqp._producer_pool = None
 
     app.conf.broker_url, app.conf.task_publish_retry = "redis://127.0.0.1:1/0", False
     fresh_pool()
