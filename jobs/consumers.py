@@ -94,7 +94,11 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
             if seq <= self.sent.get(pk, 0):
                 return  # already sent through the other path (live vs resume)
             self.sent[pk] = seq
-        await self.send_json({"type": "job.update", "job": message["job"], "seq": seq})
+        text = message.get("text")  # pre-encoded by jobs.events.publish_job
+        if text is not None:
+            await self.send(text_data=text)
+        else:
+            await self.send_json({"type": "job.update", "job": message["job"], "seq": seq})
 
     async def _beat(self) -> None:
         interval = settings.LAUNCHER_WS_HEARTBEAT_SECONDS

@@ -10,6 +10,7 @@ that fails (Redis down) is logged and dropped; the database is the record and br
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -48,6 +49,9 @@ def publish_job(job_pk: int, *, seq: int | None = None) -> None:
     if job is None:
         return
     message = job_message(job, seq)
+    # Encoded once here rather than once per connected browser: with hundreds of sockets per web
+    # process, per-socket JSON encoding is what limits fan-out.
+    message["text"] = json.dumps(message)
     send(job_group(job.pk), message)
     send(site_group(job.site.name), message)
 
