@@ -35,6 +35,7 @@ from backends.base import (
     state_for_return_code,
 )
 from backends.paths import under_allowed_roots, workspace_child
+from backends.process_runner import write_state
 
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "process_runner.py")
 STATE_DIR = ".launcher"
@@ -195,11 +196,11 @@ class ProcessBackend(Backend):
                                reason="vanished", message="no such process; counted as aborted")
         if state.get("exit_code") is None:
             path = self._state_path(handle.ref)
-            _update_state(path, terminated=True)
+            write_state(path, terminated=True)
             # A job still being spawned has no pid yet: give the runner a moment to record it.
             _wait_for(lambda: (self._read_state(handle.ref) or {}).get("pid") is not None, timeout=5)
             pid = (self._read_state(handle.ref) or {}).get("pid")
-            _update_state(path, terminated=True)  # again: the runner's start-up write may have raced the first
+            write_state(path, terminated=True)  # again: the runner's start-up write may have raced the first
             if pid:
                 try:
                     os.killpg(pid, signal.SIGKILL)  # the job's own process group: it and its children
@@ -208,7 +209,7 @@ class ProcessBackend(Backend):
             recorded = _wait_for(lambda: (self._read_state(handle.ref) or {}).get("exit_code") is not None,
                                  timeout=5)
             if not recorded:  # the runner itself is gone; record the kill ourselves
-                _update_state(path, exit_code=137, finished_at=time.time())
+                write_state(path, exit_code=137, finished_at=time.time())
         return self.inspect(handle)
 
     def logs(self, handle: Handle, *, tail: int = 200) -> str:
@@ -290,19 +291,6 @@ class ProcessBackend(Backend):
             return Observation(ref=ref, job_pk=job_pk, state=JobState.RUNNING, at=state.get("started_at"),
                                message=f"process {state['pid']} running")
         return Observation(ref=ref, job_pk=job_pk, state=JobState.STARTING, at=state.get("created_at"))
-
-
-def _update_state(path: str, **changes: Any) -> None:
-    try:
-        with open(path) as f:
-            state = json.load(f)
-    except (OSError, ValueError):
-        state = {}
-    state.update(changes)
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(state, f)
-    os.replace(tmp, path)
 
 
 def _alive(pid: int | None) -> bool:

@@ -10,17 +10,19 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 
 def write_state(path: str, **changes) -> None:
+    """Merge `changes` into the JSON state file atomically (also used by backends.process)."""
     try:
         with open(path) as f:
             state = json.load(f)
     except (OSError, ValueError):
         state = {}
     state.update(changes)
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     with open(tmp, "w") as f:
         json.dump(state, f)
     os.replace(tmp, path)  # readers see the old or the new state, never half of it
