@@ -181,6 +181,7 @@ class Job(models.Model):
             models.Index(fields=["site", "state", "-id"], name="job_site_state_newest"),
             models.Index(fields=["state", "-id"], name="job_state_newest"),
             models.Index(fields=["site", "study", "-id"], name="job_site_study_newest"),
+            models.Index(fields=["site", "finished_at"], name="job_site_finished"),  # history, retention
         ]
 
     def __str__(self) -> str:

@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.http import JsonResponse
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from jobs.health import healthz
@@ -13,5 +14,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/v1/", include("jobs.api.urls")),
+    # Anything else under /api/ answers in the API's one JSON error shape, not an HTML page.
+    re_path(r"^api/", lambda request, *args, **kwargs: JsonResponse({"detail": "Not found."}, status=404)),
     path("", include("jobs.urls")),
 ]

@@ -67,3 +67,13 @@ def test_websocket_heartbeat_default_is_under_25_seconds():
     from django.conf import settings
 
     assert 0 < settings.LAUNCHER_WS_HEARTBEAT_SECONDS <= 25  # proxies cut sockets idle for ~30-60 s
+
+
+def test_createsuperuser_noinput_works_as_django_documents(tmp_path):
+    assert run(["manage.py", "migrate", "--noinput"], tmp_path).returncode == 0
+    made = run(["manage.py", "createsuperuser", "--noinput", "--username", "ops", "--email", "ops@example.org"],
+               tmp_path, DJANGO_SUPERUSER_PASSWORD="a-long-pass-phrase")
+    assert made.returncode == 0, made.stderr
+    check = run(["manage.py", "shell", "-c", "from django.contrib.auth import authenticate; "
+                 "print(authenticate(username='ops', password='a-long-pass-phrase').is_superuser)"], tmp_path)
+    assert check.stdout.strip() == "True"
