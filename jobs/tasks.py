@@ -59,3 +59,11 @@ def sites_reconcile_task() -> int:
     from jobs.services.reconciliation import sites_reconcile
 
     return sum(len(r.changed) for r in sites_reconcile())
+
+
+@shared_task
+def jobs_prune_task() -> int:
+    """Celery beat, hourly: drop events and logs tails of jobs finished LAUNCHER_RETENTION_DAYS ago."""
+    from jobs.services.retention import jobs_prune
+
+    return jobs_prune().jobs

@@ -28,14 +28,6 @@ def broker_redelivery(sender, **kwargs):
     }
 
 
-@app.on_after_finalize.connect
-def schedule_reconcile(sender, **kwargs):
-    from django.conf import settings
-
-    sender.add_periodic_task(settings.LAUNCHER_RECONCILE_SECONDS, sender.tasks["jobs.tasks.sites_reconcile_task"],
-                             name="reconcile every site")
-
-
 @worker_ready.connect
 def reconcile_on_start(sender, **kwargs):
     # Start-up reconcile: whatever ended while no worker was running is recorded now, not a beat later.

@@ -118,7 +118,7 @@ if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    CELERY_BROKER_URL = "memory://"
+    CELERY_BROKER_URL = "memory://localhost/"
 # With no REDIS_URL the worker runs as threads inside the web process (launcher_site.embedded).
 LAUNCHER_EMBEDDED = not REDIS_URL
 
@@ -205,6 +205,11 @@ LAUNCHER_RECONCILE_SECONDS = env_int("LAUNCHER_RECONCILE_SECONDS", 30, minimum=1
 LAUNCHER_FAILED_TOKEN_LIMIT = env_int("LAUNCHER_FAILED_TOKEN_LIMIT", 20, minimum=1)
 # Days a finished job keeps its events and logs tail; the job row itself is kept. 0 = forever.
 LAUNCHER_RETENTION_DAYS = env_int("LAUNCHER_RETENTION_DAYS", 90, minimum=0)
+# Periodic work, run by Celery beat (embedded: inside the web process; production: `celery beat`).
+CELERY_BEAT_SCHEDULE = {
+    "reconcile-every-site": {"task": "jobs.tasks.sites_reconcile_task", "schedule": LAUNCHER_RECONCILE_SECONDS},
+    "prune-finished-jobs": {"task": "jobs.tasks.jobs_prune_task", "schedule": 3600},
+}
 # Lines of output kept on a job when it ends.
 LAUNCHER_LOGS_TAIL_LINES = env_int("LAUNCHER_LOGS_TAIL_LINES", 200, minimum=0)
 # Where process-backend sites keep job workspaces when the site sets none.

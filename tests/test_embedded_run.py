@@ -84,6 +84,8 @@ def test_embedded_server_serves_login_admin_and_health_and_stops_cleanly(embedde
     finally:
         code = stop_server(proc)
     assert code == 0
+    output = proc.stdout.read()
+    assert "Traceback" not in output and " ERROR " not in output, output
 
     # A second run keeps everything: the admin exists already and no migration is lost.
     assert "exists" in manage(embedded_env, "ensure_admin").stdout
