@@ -35,6 +35,9 @@ JOB_LAUNCHER_KEY = "_job_launcher"
 META_KEYS = ("job_id", "name", "study", "resource_spec", "launcher_spec", "scope", "submitter_name",
              "submitter_org", "submitter_role")
 WAIT_CHUNK_SECONDS = 55  # one long poll; the server allows at most 60
+# Re-submit a job that is still queued after this long (the launcher re-launches it after its own
+# LAUNCHER_RELAUNCH_AFTER_SECONDS, 5 s by default): a launch lost with a dying launcher process.
+RESUBMIT_QUEUED_AFTER = 10
 
 
 class LauncherError(RuntimeError):
@@ -212,11 +215,18 @@ class _JobLauncher:
         log.info("FLARE Launcher accepted job %s on site %s as #%s (%s)", job_id, self.site, job["id"], job["state"])
         handle = handle_class()(self.client, job)
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        resend_at = time.monotonic() + RESUBMIT_QUEUED_AFTER
         while handle.job["state"] in ("queued", "starting"):
             if deadline is not None and time.monotonic() >= deadline:
                 log.warning("job %s did not start within %ss; terminating it", job_id, self.timeout)
                 handle.terminate()
                 break
+            if handle.job["state"] == "queued" and time.monotonic() >= resend_at:
+                # A launch lost with a dying launcher process is queued again by the same (idempotent)
+                # submit; only this side still holds the job's credentials to send.
+                log.info("job %s still queued; submitting it again", job_id)
+                handle.job = self.client.launch(body)
+                resend_at = time.monotonic() + RESUBMIT_QUEUED_AFTER
             time.sleep(self.poll_interval)
             handle.poll()
         return handle

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from datetime import timedelta
+
+from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from backends import nvflare
 from backends.base import InvalidJobSpec, JobRequest, JobState
@@ -66,6 +70,14 @@ def job_submit(
     """
     existing = Job.objects.filter(site=site, job_id=job_id).first()
     if existing is not None:
+        stalled = timezone.now() - existing.created_at > timedelta(seconds=settings.LAUNCHER_RELAUNCH_AFTER_SECONDS)
+        if existing.state == JobState.QUEUED and not existing.handle and stalled:
+            # Still not launched after a while: its launch may be lost (the web process died between
+            # commit and enqueue, or a worker died as the broker handed it the task). The credentials
+            # came again with this submit, so queue the launch again; launching is idempotent (a job
+            # no longer queued is left alone, a workload is adopted). A burst of identical submits
+            # within the grace period queues nothing extra.
+            _enqueue_launch(existing.pk, split_credentials(dict(job_args or {}))[1])
         return existing, False
 
     nvflare.check_job_id(job_id)

@@ -73,13 +73,39 @@ def test_terminate_running_job(process_site, job_args):
     assert job_terminate(job_pk=job.pk).state == "aborted"  # idempotent
 
 
-def test_same_job_id_again_returns_the_existing_job_and_enqueues_nothing(
+def test_same_job_id_again_returns_the_existing_job_and_enqueues_nothing_once_launched(
         process_site, job_args, django_capture_on_commit_callbacks):
-    first, created = submit(process_site, "job-d", job_args("job-d"))
+    args = job_args("job-d")
+    first, created = submit(process_site, "job-d", args)
+    job_launch(job_pk=first.pk, credentials=credentials_of(args))
     with django_capture_on_commit_callbacks() as callbacks:
-        again, created_again = submit(process_site, "job-d", job_args("job-d"))
+        again, created_again = submit(process_site, "job-d", args)
     assert created and not created_again and again.pk == first.pk
     assert callbacks == []
+    assert Job.objects.filter(job_id="job-d").count() == 1
+
+
+def test_same_job_id_again_while_still_queued_queues_its_launch_again_only_after_the_grace(
+        process_site, job_args, django_capture_on_commit_callbacks, settings):
+    # The web process that took the first submit may have died between its commit and its enqueue;
+    # the client's retry is the only chance to launch it (the credentials are never stored). A
+    # second launch task is harmless (the launch is idempotent), but a burst of identical submits
+    # within the grace period queues nothing extra.
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    first, _ = submit(process_site, "job-q", job_args("job-q"))
+    with django_capture_on_commit_callbacks() as callbacks:
+        submit(process_site, "job-q", job_args("job-q"))
+    assert callbacks == []
+    Job.objects.filter(pk=first.pk).update(
+        created_at=timezone.now() - timedelta(seconds=settings.LAUNCHER_RELAUNCH_AFTER_SECONDS + 1))
+    with django_capture_on_commit_callbacks() as callbacks:
+        again, created_again = submit(process_site, "job-q", job_args("job-q"))
+    assert not created_again and again.pk == first.pk
+    assert len(callbacks) == 1  # enqueue the launch (no new row to publish)
+    assert Job.objects.filter(job_id="job-q").count() == 1
 
 
 @pytest.mark.parametrize("change, field", [

@@ -211,6 +211,9 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"rep_{call.when}", outcome.get_result())
 
 
+TERMINAL = {"succeeded", "failed", "aborted", "lost", "launch_failed"}
+
+
 def transitions(job_pk: int) -> list[tuple[str, str]]:
     """The job's state changes (notes left out), in order."""
     from django.db.models import F
@@ -219,6 +222,14 @@ def transitions(job_pk: int) -> list[tuple[str, str]]:
 
     return list(JobEvent.objects.filter(job_id=job_pk).exclude(from_state=F("to_state")).order_by("id")
                 .values_list("from_state", "to_state"))
+
+
+def assert_clean_history(job_pk: int) -> None:
+    """Forward-only, no transition twice, exactly one terminal state."""
+    changes = transitions(job_pk)
+    assert len(changes) == len(set(changes)), changes
+    assert all(a[1] == b[0] for a, b in zip(changes, changes[1:])), changes
+    assert [to for _, to in changes if to in TERMINAL] == [changes[-1][1]], changes
 
 
 def queued_job(site, job_id: str, *set_options: str):

@@ -17,26 +17,18 @@ from jobs.services.lifecycle import job_observe
 from jobs.services.tokens import token_create
 from tests.conftest import client_job_args
 from tests.live.conftest import (
+    TERMINAL,
     Browser,
+    assert_clean_history,
     job_state,
     kill_job_process,
     process_state,
     queued_job,
     session_cookie,
-    transitions,
 )
 from tests.util import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
-TERMINAL = {"succeeded", "failed", "aborted", "lost", "launch_failed"}
-
-
-def assert_clean_history(job_pk: int) -> None:
-    """Forward-only, no transition twice, exactly one terminal state."""
-    changes = transitions(job_pk)
-    assert len(changes) == len(set(changes)), changes
-    assert all(a[1] == b[0] for a, b in zip(changes, changes[1:])), changes
-    assert [to for _, to in changes if to in TERMINAL] == [changes[-1][1]], changes
 
 
 @pytest.mark.asyncio
