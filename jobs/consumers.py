@@ -89,14 +89,16 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
                 await self._forward(message)
 
     async def _forward(self, message: dict) -> None:
-        pk, seq = message["job"]["id"], message.get("seq")
+        # Live messages (jobs.events.publish_job) carry "id" and the pre-encoded "text"; resume
+        # replies (jobs.services.resume) carry the "job" payload itself.
+        pk = message["id"] if "id" in message else message["job"]["id"]
+        seq = message.get("seq")
         if seq is not None:
             if seq <= self.sent.get(pk, 0):
                 return  # already sent through the other path (live vs resume)
             self.sent[pk] = seq
-        text = message.get("text")  # pre-encoded by jobs.events.publish_job
-        if text is not None:
-            await self.send(text_data=text)
+        if "text" in message:
+            await self.send(text_data=message["text"])
         else:
             await self.send_json({"type": "job.update", "job": message["job"], "seq": seq})
 

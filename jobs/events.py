@@ -48,10 +48,11 @@ def publish_job(job_pk: int, *, seq: int | None = None) -> None:
     job = Job.objects.select_related("site").filter(pk=job_pk).first()
     if job is None:
         return
-    message = job_message(job, seq)
-    # Encoded once here rather than once per connected browser: with hundreds of sockets per web
-    # process, per-socket JSON encoding is what limits fan-out.
-    message["text"] = json.dumps(message)
+    # The browser's message is encoded once here rather than once per connected socket, and the group
+    # message carries only what consumers route on: with hundreds of sockets per web process, the
+    # per-socket decode and encode is what limits fan-out.
+    message = {"type": "job.update", "id": job.pk, "state": job.state, "seq": seq,
+               "text": json.dumps(job_message(job, seq))}
     send(job_group(job.pk), message)
     send(site_group(job.site.name), message)
 

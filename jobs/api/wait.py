@@ -12,6 +12,7 @@ wrong answer. Returns the job (JobSerializer) either way; the caller looks at `s
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 
 from channels.db import database_sync_to_async
@@ -74,8 +75,8 @@ async def _wait_terminal(pk: int, timeout: float) -> dict | None:
             if receiver in done:
                 message = receiver.result()
                 receiver = asyncio.ensure_future(layer.receive(channel))
-                if message.get("type") == "job.update" and isinstance(message.get("job"), dict):
-                    latest = message["job"]
+                if message.get("type") == "job.update" and "text" in message:
+                    latest = json.loads(message["text"])["job"]  # as jobs.events.publish_job sent it
                 continue
             if loop.time() >= next_check:
                 latest = await _db(_payload)(pk)

@@ -1,6 +1,7 @@
 """job_observe, the one door for state changes."""
 
 import asyncio
+import json
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -89,9 +90,11 @@ async def test_change_is_published_to_job_and_site_groups_after_commit():
     await sync_to_async(job_observe)(job_pk=job.pk, state="running", source="watcher")
     for ch in (channel, job_channel):
         message = await asyncio.wait_for(layer.receive(ch), timeout=5)
-        assert message["type"] == "job.update"
-        assert message["job"]["state"] == "running" and message["job"]["job_id"] == "j1"
-        assert message["seq"] == (await JobEvent.objects.filter(job=job).alast()).pk
+        seq = (await JobEvent.objects.filter(job=job).alast()).pk
+        assert (message["type"], message["id"], message["state"], message["seq"]) == ("job.update", job.pk, "running", seq)
+        browser = json.loads(message["text"])  # what consumers send on, encoded once
+        assert browser["type"] == "job.update" and browser["seq"] == seq
+        assert browser["job"]["state"] == "running" and browser["job"]["job_id"] == "j1"
 
 
 def test_exit_seen_after_a_terminate_request_counts_as_aborted(job):
