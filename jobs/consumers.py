@@ -62,6 +62,11 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
         raise NotImplementedError
 
     async def missed_since(self, seq) -> resume.ResumeReply:
+        """The resume handshake's answer (may be a snapshot)."""
+        raise NotImplementedError
+
+    async def missed_after(self, since: int, until: int) -> resume.ResumeReply:
+        """The heartbeat's catch-up: changes in (since, until] this socket was not sent (never a snapshot)."""
         raise NotImplementedError
 
     async def disconnect(self, code):
@@ -111,15 +116,12 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
                 await self.send_json({"type": "heartbeat"})
 
     async def _catch_up(self) -> None:
-        # Look back two intervals: an event whose id was taken before the last check may have
-        # committed after it.
-        since = self.checked_before
-        reply = await self.missed_since(since)
+        # The window is (the check before last, the last check]: every change in it was committed
+        # at least one heartbeat ago, so its live message has had that long to arrive (an event id
+        # taken before the earlier check may commit after it, hence the overlap). Jobs whose latest
+        # change this socket was already sent cost nothing.
+        reply = await self.missed_after(self.checked_before, self.checked)
         self.checked_before, self.checked = self.checked, reply.last
-        if reply.snapshot is not None:
-            fresh = [job for job in reply.snapshot["jobs"] if self.sent.get(job["id"], 0) < reply.snapshot["seq"]]
-            if fresh:
-                await self._send_snapshot(reply.snapshot)
         for message in reply.updates:
             await self._forward(message)
 
@@ -127,6 +129,17 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
         for job in snapshot["jobs"]:
             self.sent[job["id"]] = max(self.sent.get(job["id"], 0), snapshot["seq"])
         await self.send_json(snapshot)
+
+    async def dispatch(self, message):
+        # Forwarding a group message touches no database, so it skips Channels' per-message
+        # close_old_connections (a thread hop for every message on every socket, which is what
+        # limits fan-out to hundreds of browsers). Everything else is dispatched as usual.
+        if message["type"] == "job.update":
+            await self.job_update(message)
+        elif message["type"] == "job.log":
+            await self.job_log(message)
+        else:
+            await super().dispatch(message)
 
     # Group messages (the only thing forwarded).
     async def job_update(self, event):
@@ -148,9 +161,14 @@ class SiteJobsConsumer(_ForwardingConsumer):
         self.target = site
         return events.site_group(site.name)
 
-    @database_sync_to_async
-    def missed_since(self, seq):
-        return resume.site_jobs_resume(site=self.target, seq=seq)
+    async def missed_since(self, seq):
+        known = dict(self.sent)  # copied here, on the loop: the query runs in a worker thread
+        return await database_sync_to_async(resume.site_jobs_resume)(site=self.target, seq=seq, known=known)
+
+    async def missed_after(self, since, until):
+        known = dict(self.sent)
+        return await database_sync_to_async(resume.site_jobs_missed)(site=self.target, since=since, until=until,
+                                                                     known=known)
 
 
 class JobConsumer(_ForwardingConsumer):
@@ -164,6 +182,10 @@ class JobConsumer(_ForwardingConsumer):
         self.target = job
         return events.job_group(job.pk)
 
-    @database_sync_to_async
-    def missed_since(self, seq):
-        return resume.job_resume(job=self.target, seq=seq)
+    async def missed_since(self, seq):
+        known = dict(self.sent)
+        return await database_sync_to_async(resume.job_resume)(job=self.target, seq=seq, known=known)
+
+    async def missed_after(self, since, until):
+        known = dict(self.sent)
+        return await database_sync_to_async(resume.job_missed)(job=self.target, since=since, until=until, known=known)

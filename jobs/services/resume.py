@@ -8,12 +8,13 @@ snapshot instead.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db.models import Max
 
-from jobs import events
+from jobs.api.serializers import JobSerializer
 from jobs.models import ACTIVE, Job, JobEvent, Site
 
 SNAPSHOT_RECENT_JOBS = 200  # a site snapshot holds every active job plus this many recent ones
@@ -32,21 +33,35 @@ class ResumeReply:
         return [self.snapshot] if self.snapshot is not None else self.updates
 
 
-def site_jobs_resume(*, site: Site, seq) -> ResumeReply:
-    """The site's job changes after `seq` (see the module docstring)."""
-    return _resume(Job.objects.filter(site=site), seq, snapshot_jobs=lambda _jobs: _site_snapshot(site))
+def site_jobs_resume(*, site: Site, seq, known: Mapping[int, int] | None = None) -> ResumeReply:
+    """The site's job changes after `seq` (see the module docstring). `known`: job pk -> the latest
+    seq this client already has; those jobs are left out."""
+    return _resume(Job.objects.filter(site=site), seq, known or {}, snapshot_jobs=lambda _jobs: _site_snapshot(site))
 
 
-def job_resume(*, job: Job, seq) -> ResumeReply:
+def job_resume(*, job: Job, seq, known: Mapping[int, int] | None = None) -> ResumeReply:
     """One job's change after `seq`, if any."""
-    return _resume(Job.objects.filter(pk=job.pk), seq, snapshot_jobs=lambda jobs: list(jobs.select_related("site")))
+    return _resume(Job.objects.filter(pk=job.pk), seq, known or {},
+                   snapshot_jobs=lambda jobs: list(jobs.select_related("site")))
+
+
+def site_jobs_missed(*, site: Site, since: int, until: int, known: Mapping[int, int]) -> ResumeReply:
+    """For an open socket's periodic catch-up: the site's jobs changed in (since, until] whose latest
+    change the socket has not been sent (`known`). `until` lags a heartbeat behind, so changes still
+    on their way live are not taken for lost. Never a snapshot; usually nothing, found with one
+    aggregate query and no serialisation."""
+    return ResumeReply(updates=_updates(Job.objects.filter(site=site), since, known, until), last=latest_seq())
+
+
+def job_missed(*, job: Job, since: int, until: int, known: Mapping[int, int]) -> ResumeReply:
+    return ResumeReply(updates=_updates(Job.objects.filter(pk=job.pk), since, known, until), last=latest_seq())
 
 
 def latest_seq() -> int:
     return JobEvent.objects.aggregate(last=Max("id"))["last"] or 0
 
 
-def _resume(jobs, seq, *, snapshot_jobs) -> ResumeReply:
+def _resume(jobs, seq, known: Mapping[int, int], *, snapshot_jobs) -> ResumeReply:
     limit = settings.LAUNCHER_WS_RESUME_MAX_EVENTS
     last = latest_seq()
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0 or seq > last:
@@ -56,10 +71,22 @@ def _resume(jobs, seq, *, snapshot_jobs) -> ResumeReply:
         return _snapshot(snapshot_jobs(jobs), last)
     if seq == last:
         return ResumeReply(last=last)
-    latest = dict(missed.values("job_id").annotate(seq=Max("id")).values_list("job_id", "seq"))
-    changed = Job.objects.select_related("site").in_bulk(list(latest))
-    updates = [events.job_message(changed[pk], latest[pk]) for pk in sorted(latest, key=latest.get) if pk in changed]
-    return ResumeReply(updates=updates, last=last)
+    return ResumeReply(updates=_updates(jobs, seq, known), last=last)
+
+
+def _updates(jobs, since: int, known: Mapping[int, int], until: int | None = None) -> list[dict]:
+    """One job.update per job changed after `since` (up to `until`) and not yet known at its latest
+    seq, oldest first. The payload is the job as it is now, with the latest seq in the window."""
+    events = JobEvent.objects.filter(job__in=jobs, id__gt=since)
+    if until is not None:
+        events = events.filter(id__lte=until)
+    latest = dict(events.values("job_id").annotate(seq=Max("id")).values_list("job_id", "seq"))
+    latest = {pk: seq for pk, seq in latest.items() if known.get(pk, 0) < seq}
+    if not latest:
+        return []
+    changed = sorted(Job.objects.select_related("site").filter(pk__in=list(latest)), key=lambda job: latest[job.pk])
+    payloads = JobSerializer(changed, many=True).data  # one serializer for the lot, not one per job
+    return [{"type": "job.update", "job": payload, "seq": latest[job.pk]} for job, payload in zip(changed, payloads)]
 
 
 def _site_snapshot(site: Site) -> list[Job]:
@@ -70,6 +97,5 @@ def _site_snapshot(site: Site) -> list[Job]:
 
 
 def _snapshot(jobs: list[Job], last: int) -> ResumeReply:
-    payload = [events.job_message(job, None)["job"] for job in jobs]
+    payload = list(JobSerializer(jobs, many=True).data)
     return ResumeReply(snapshot={"type": "snapshot", "jobs": payload, "seq": last}, last=last)
-

@@ -35,5 +35,8 @@ class Command(BaseCommand):
             self.stdout.write(f"FLARE Launcher on http://{host}:{port}/  (Ctrl-C to stop)")
             uvicorn.run("launcher_site.asgi:application", host=host, port=port, log_level="warning",
                         lifespan="off", workers=workers if not settings.LAUNCHER_EMBEDDED else None,
-                        ws_ping_interval=20, ws_ping_timeout=20, timeout_graceful_shutdown=5)
+                        ws_ping_interval=20, ws_ping_timeout=20, timeout_graceful_shutdown=5,
+                        # Job updates are small and go to many sockets: compressing each copy per
+                        # socket costs more CPU than the bytes are worth.
+                        ws_per_message_deflate=False)
         self.stdout.write("stopped")
