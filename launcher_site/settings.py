@@ -81,7 +81,7 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
     # connection per thread would exhaust PostgreSQL's max_connections under load.
     _db["CONN_MAX_AGE"] = 0
     _db.setdefault("OPTIONS", {})["pool"] = {
-        "min_size": 1,
+        "min_size": 4,
         "max_size": env_int("LAUNCHER_DB_POOL_SIZE", 10, minimum=1),
         "timeout": 20,  # seconds a request waits for a free connection before failing
     }
