@@ -80,9 +80,10 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
     # A connection pool per process: ASGI runs sync code on many threads, and a persistent
     # connection per thread would exhaust PostgreSQL's max_connections under load.
     _db["CONN_MAX_AGE"] = 0
+    _pool_size = env_int("LAUNCHER_DB_POOL_SIZE", 10, minimum=1)
     _db.setdefault("OPTIONS", {})["pool"] = {
-        "min_size": 4,
-        "max_size": env_int("LAUNCHER_DB_POOL_SIZE", 10, minimum=1),
+        "min_size": min(4, _pool_size),  # kept open, so a request rarely waits for a new connection
+        "max_size": _pool_size,
         "timeout": 20,  # seconds a request waits for a free connection before failing
     }
 if _db["ENGINE"] == "django.db.backends.sqlite3":
