@@ -215,9 +215,41 @@ class SiteWatcher(threading.Thread):
             self.followers.track(job, backend)
         self.connects += 1
         self.connected.set()
-        for observation in stream:
+        with Lanes(settings.LAUNCHER_WATCHER_LANES) as lanes:
+            for observation in stream:
+                lanes.submit(observation.ref, self._apply, observation, backend)
+
+    def _apply(self, observation, backend) -> None:
+        try:
             job = job_apply_observation(observation, source="watcher", site_pk=self.site_pk)
             self.followers.track(job, backend)
+        except Exception:  # one bad observation must not stop the others; reconcile repairs drift
+            log.exception("watcher %s could not record %s", self.site_name, observation.ref)
+        finally:
+            close_old_connections()
+
+
+class Lanes:
+    """Recording an exit costs a few engine calls (logs tail, removal) and a database write; with
+    many exits at once, doing them one after another makes the last wait for all the others. Each
+    workload's observations go to one lane (by its ref), so they stay in order, while different
+    workloads are recorded in parallel. Leaving the block waits for every lane to finish."""
+
+    def __init__(self, count: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.executors = [ThreadPoolExecutor(1, thread_name_prefix=f"watcher-lane-{n}") for n in range(max(1, count))]
+
+    def submit(self, key: str, function, *args) -> None:
+        self.executors[hash(key) % len(self.executors)].submit(function, *args)
+
+    def __enter__(self) -> Lanes:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for executor in self.executors:
+            executor.submit(connection.close)  # each lane thread holds its own database connection
+            executor.shutdown(wait=True)
 
 
 def _open_stream(backend, stop: threading.Event, *, since: int):

@@ -227,6 +227,9 @@ LAUNCHER_RUN_WATCHERS = env_bool("LAUNCHER_RUN_WATCHERS", LAUNCHER_EMBEDDED)
 LAUNCHER_WS_HEARTBEAT_SECONDS = env_int("LAUNCHER_WS_HEARTBEAT_SECONDS", 20, minimum=1, maximum=25)
 # A browser resuming more than this many job events behind gets one snapshot instead of each change.
 LAUNCHER_WS_RESUME_MAX_EVENTS = env_int("LAUNCHER_WS_RESUME_MAX_EVENTS", 1000, minimum=1)
+# Threads per watcher recording observations of different workloads in parallel (each workload's
+# observations stay in order); an exit costs engine calls (logs tail, removal) and a database write.
+LAUNCHER_WATCHER_LANES = env_int("LAUNCHER_WATCHER_LANES", 4, minimum=1, maximum=32)
 # Running jobs whose new output lines a watcher process forwards to open job pages (0: none).
 LAUNCHER_LOG_FOLLOWERS = env_int("LAUNCHER_LOG_FOLLOWERS", 20, minimum=0)
 # Seconds an unacknowledged Celery task (a worker killed mid-launch) waits before redelivery.
