@@ -268,7 +268,7 @@ class DockerBackend(Backend):
         oom: set[str] = set()
         try:
             for event in events:
-                observation = self._observation_for(client, event, oom)
+                observation = self._observation_for(event, oom)
                 if observation is not None:
                     yield observation
                 if stop.is_set():
@@ -292,7 +292,7 @@ class DockerBackend(Backend):
                     events.close()
                 return
 
-    def _observation_for(self, client: docker.DockerClient, event: Mapping[str, Any], oom: set[str]) -> Observation | None:
+    def _observation_for(self, event: Mapping[str, Any], oom: set[str]) -> Observation | None:
         key = event_key(event)
         second = key[1] // 1_000_000_000
         with self._lock:
@@ -307,12 +307,10 @@ class DockerBackend(Backend):
         name = ((event.get("Actor") or {}).get("Attributes") or {}).get("name", "")
         if action == "oom":
             oom.add(container_id)
-        tail = None
-        if action == "die":
-            with contextlib.suppress(Exception):
-                tail = client.api.logs(container_id, tail=LOGS_TAIL).decode("utf-8", "replace")
+        # No logs tail here: reading it is a daemon call, and the stream must not wait on one per
+        # exit. Whoever records the exit reads the tail (logs()) before the container is removed.
         return observation_from_event(event, terminated=name in self._terminated,
-                                      oom=container_id in oom, logs_tail=tail)
+                                      oom=container_id in oom, logs_tail=None)
 
     # -----------------------------------------------------------------------------------------
     # site check

@@ -6,6 +6,7 @@ Backend calls happen outside any transaction; each outcome is recorded through j
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from django.conf import settings
@@ -95,7 +96,7 @@ def job_apply_observation(
     if job.is_terminal and job.handle and observation.state.is_terminal and observation.state is not JobState.LOST:
         handle = Handle(**job.handle)
         backend = site_backend(job.site)
-        transaction.on_commit(lambda: _cleanup(backend, handle))
+        transaction.on_commit(lambda: _CLEANERS.submit(_cleanup, backend, handle))
     return job
 
 
@@ -120,6 +121,12 @@ def _trim(logs: str | None) -> str | None:
         return None
     lines = logs.splitlines()
     return "\n".join(lines[-settings.LAUNCHER_LOGS_TAIL_LINES:])
+
+
+# Removing a finished container can take a second when many end at once; it runs on these threads
+# so that recording the next exits never waits for it. A removal lost with the process is done by
+# the next reconcile (a leftover of a finished job).
+_CLEANERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="workload-cleanup")
 
 
 def _cleanup(backend, handle: Handle) -> None:
