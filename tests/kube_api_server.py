@@ -234,7 +234,7 @@ class KubeAPIServer:
         if not name:
             return 422, status_body(422, "Invalid", "metadata.name: Required value")
         if resource == "pods" and len(name) > 63:
-            return 422, status_body(422, "Invalid", f"metadata.name: must be no more than 63 characters")
+            return 422, status_body(422, "Invalid", "metadata.name: must be no more than 63 characters")
         if (ns, name) in self.store[resource]:
             return 409, status_body(409, "AlreadyExists", f'{resource} "{name}" already exists')
         meta.update(namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=rfc3339(time.time()))

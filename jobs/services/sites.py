@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 
 from backends import backend_class, config_class
-from backends.base import Backend, DatasetSpec, InvalidJobSpec, StudyRuntime
+from backends.base import Backend, DatasetSpec, StudyRuntime
 from jobs.models import Site, Study
 
 _cache: dict[int, tuple[Any, Backend]] = {}
@@ -21,11 +21,6 @@ def site_backend_settings(site: Site) -> dict[str, Any]:
     if site.backend == "process" and not data.get("workspace"):
         data["workspace"] = str(settings.LAUNCHER_PROCESS_WORKSPACES / site.name)
     return data
-
-
-def site_config_validate(*, backend: str, data: dict[str, Any]) -> dict[str, Any]:
-    """Parse one backend's settings; raises InvalidJobSpec naming `<backend>.<field>`."""
-    return config_class(backend).from_dict(data).to_dict()
 
 
 def site_backend(site: Site) -> Backend:
@@ -59,5 +54,3 @@ def study_runtime(site: Site, study_name: str) -> StudyRuntime | None:
         pod_template=study.pod_template,
     )
 
-
-__all__ = ["InvalidJobSpec", "site_backend", "site_backend_settings", "site_config_validate", "study_runtime"]

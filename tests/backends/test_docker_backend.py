@@ -42,7 +42,7 @@ def test_successful_job(docker_backend, docker_request, docker_workspace, docker
     observation = _terminal(docker_backend, handle)
     assert (observation.state, observation.return_code, observation.exit_code) == (JobState.SUCCEEDED, 0, 0)
     assert observation.job_pk == spec.job_pk
-    assert f"FAKE-PYTHON ARGV: -u -m nvflare.private.fed.app.client.worker_process" in observation.logs_tail
+    assert "FAKE-PYTHON ARGV: -u -m nvflare.private.fed.app.client.worker_process" in observation.logs_tail
     assert f"FAKE-PYTHON USER: 1000:1000 CWD: {CONTAINER_ROOT}/ok-1" in observation.logs_tail
     # the job wrote into its own (rw) directory, created at launch and owned by the job user
     job_dir = docker_workspace / "ok-1"

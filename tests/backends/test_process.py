@@ -3,7 +3,6 @@
 import json
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 

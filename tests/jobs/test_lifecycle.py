@@ -7,7 +7,6 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 
-from backends.base import JobState
 from jobs import events
 from jobs.models import Job, JobEvent, Site
 from jobs.services.lifecycle import job_observe

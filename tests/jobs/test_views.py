@@ -11,7 +11,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from jobs.models import ApiToken, Dataset, Job, JobEvent, Role, Site, SiteMembership, Study
+from jobs.models import ApiToken, Dataset, Job, JobEvent, Role, Site, SiteMembership
 from jobs.services import catalog
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
