@@ -123,6 +123,9 @@ class Processes:
             REDIS_URL=redis_url, SECRET_KEY=settings.SECRET_KEY, DJANGO_SETTINGS_MODULE="launcher_site.settings",
             LAUNCHER_VAR_DIR=str(tmp / "var"), LAUNCHER_RUN_WATCHERS="false", LAUNCHER_WATCHER_LEASE_SECONDS="3",
             LAUNCHER_TASK_VISIBILITY_SECONDS="4", LAUNCHER_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
+            # A push the layer drops is caught up within two heartbeats; keep that well inside the
+            # tests' waits (the default of 20 s is for real browsers and proxies).
+            LAUNCHER_WS_HEARTBEAT_SECONDS="4",
         )
         self.tmp = tmp
         self.procs: list[tuple[str, subprocess.Popen, Path]] = []
