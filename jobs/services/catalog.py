@@ -66,15 +66,20 @@ def _site_apply(site: Site, *, allowed_data_roots: list[str] | None = None, **bl
             setattr(site, kind, config_class(kind).from_dict(data).to_dict())
         except InvalidJobSpec as exc:
             errors.setdefault(exc.field, []).append(exc.reason)
+    return _save_validated(site, errors)
+
+
+def _save_validated(instance, errors: dict[str, list[str]]):
+    """Add the model's own validation to `errors`; raise them all together, or save."""
     try:
-        site.full_clean()
+        instance.full_clean()
     except ValidationError as exc:
         for field, messages in exc.message_dict.items():
             errors.setdefault(field, []).extend(messages)
     if errors:
         raise ValidationError(errors)
-    site.save()
-    return site
+    instance.save()
+    return instance
 
 
 def _clean_roots(roots: Any) -> list[str]:
@@ -120,16 +125,7 @@ def _study_apply(study: Study, **fields: Any) -> Study:
         raise ValidationError({sorted(unknown)[0]: ["Unknown study field."]})
     for key, value in fields.items():
         setattr(study, key, value if value is not None or key == "pod_template" else ("" if key in ("description", "image") else {}))
-    errors = _study_errors(study)
-    try:
-        study.full_clean()
-    except ValidationError as exc:
-        for field, messages in exc.message_dict.items():
-            errors.setdefault(field, []).extend(messages)
-    if errors:
-        raise ValidationError(errors)
-    study.save()
-    return study
+    return _save_validated(study, _study_errors(study))
 
 
 def _study_errors(study: Study) -> dict[str, list[str]]:
