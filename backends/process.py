@@ -42,6 +42,8 @@ STATE_DIR = ".launcher"
 STREAM_INTERVAL = 0.05  # seconds between state-dir scans; local stat() calls only
 # The only launcher_spec key a process job may set, and only when the site trusts job code (BYOC).
 JOB_KEYS = ("python_path",)
+# Seconds after which a launch lock without a runner, whose launcher process is gone, is abandoned.
+ABANDONED_AFTER = 2.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,9 +158,12 @@ class ProcessBackend(Backend):
             # O_EXCL makes the state file the launch lock: a second launch of the same job adopts.
             fd = os.open(state_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            return handle
+            if not self._abandoned(spec.name):
+                return handle
+            os.unlink(state_path)  # its launcher died before starting the runner: launch for real
+            return self.launch(spec)
         with os.fdopen(fd, "w") as f:
-            json.dump({"labels": dict(spec.labels), "created_at": time.time()}, f)
+            json.dump({"labels": dict(spec.labels), "created_at": time.time(), "launcher_pid": os.getpid()}, f)
         try:
             os.makedirs(spec.workdir, exist_ok=True)
             env = {
@@ -177,6 +182,14 @@ class ProcessBackend(Backend):
             os.unlink(state_path)  # nothing half-created: the next launch may try again
             raise BackendError(f"cannot start the job process: {exc}") from exc
         return handle
+
+    def _abandoned(self, ref: str) -> bool:
+        """A launch lock whose launcher died (a killed worker) before the runner recorded its pid.
+        The age check leaves a runner that is alive but slow to write its pid alone."""
+        state = self._read_state(ref) or {}
+        return (not state.get("pid") and state.get("exit_code") is None
+                and time.time() - state.get("created_at", time.time()) > ABANDONED_AFTER
+                and not _alive(state.get("launcher_pid")))
 
     def inspect(self, handle: Handle) -> Observation:
         return self._observe(handle.ref, self._read_state(handle.ref))

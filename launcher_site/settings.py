@@ -211,7 +211,7 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile-every-site": {"task": "jobs.tasks.sites_reconcile_task", "schedule": LAUNCHER_RECONCILE_SECONDS},
     "prune-finished-jobs": {"task": "jobs.tasks.jobs_prune_task", "schedule": 3600},
 }
-# A job still queued this long after it was recorded is launched again when the FL server re-submits
+# A job still queued or starting this long after it was recorded is launched again when the FL server re-submits
 # it (its first launch was lost with a dying web process or worker); sooner re-submits change nothing.
 LAUNCHER_RELAUNCH_AFTER_SECONDS = env_int("LAUNCHER_RELAUNCH_AFTER_SECONDS", 5, minimum=0)
 # Lines of output kept on a job when it ends.

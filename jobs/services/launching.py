@@ -26,7 +26,9 @@ def job_launch(*, job_pk: int, credentials: dict[str, Any]) -> Job | None:
     workload that already exists is adopted by the backend. Raises BackendError only when retrying
     can help (retryable=True); permanent failures end the job as launch_failed."""
     job = Job.objects.select_related("site").filter(pk=job_pk).first()
-    if job is None or job.state != JobState.QUEUED:
+    # A job already "starting" is launched again too: its launcher may have died after the watcher
+    # saw the workload being created; the backend adopts whatever already exists.
+    if job is None or job.state not in (JobState.QUEUED, JobState.STARTING):
         return job
     backend = site_backend(job.site)
     try:

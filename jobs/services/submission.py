@@ -71,8 +71,8 @@ def job_submit(
     existing = Job.objects.filter(site=site, job_id=job_id).first()
     if existing is not None:
         stalled = timezone.now() - existing.created_at > timedelta(seconds=settings.LAUNCHER_RELAUNCH_AFTER_SECONDS)
-        if existing.state == JobState.QUEUED and not existing.handle and stalled:
-            # Still not launched after a while: its launch may be lost (the web process died between
+        if existing.state in (JobState.QUEUED, JobState.STARTING) and stalled:
+            # Still not running after a while: its launch may be lost (the web process died between
             # commit and enqueue, or a worker died as the broker handed it the task). The credentials
             # came again with this submit, so queue the launch again; launching is idempotent (a job
             # no longer queued is left alone, a workload is adopted). A burst of identical submits

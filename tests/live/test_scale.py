@@ -105,7 +105,7 @@ class Submitter:
         raise AssertionError(f"{job_id}: no web process accepted it")
 
     def nudge_stuck(self, site: Site, plan: dict[str, dict], *, after: float, done: set[str]) -> set[str]:
-        """POST again (once: not those in `done`) every accepted job still queued (never launched)
+        """POST again (once: not those in `done`) every accepted job still queued or starting
         `after` seconds after it was recorded, as an FL server that sees its job not start would;
         returns those job ids. Needed
         when a worker is killed -9 just as the broker hands it a launch: Redis has already popped
@@ -116,7 +116,7 @@ class Submitter:
 
         from django.utils import timezone
 
-        stuck = set(Job.objects.filter(site=site, state="queued", handle__isnull=True,
+        stuck = set(Job.objects.filter(site=site, state__in=("queued", "starting"),
                                        created_at__lt=timezone.now() - timedelta(seconds=after))
                     .values_list("job_id", flat=True)) - done
         for job_id in stuck:
