@@ -146,7 +146,10 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
         await self._forward(event)
 
     async def job_log(self, event):
-        await self.send_json({"type": "job.log", "job": event["job"], "lines": event["lines"]})
+        message = {"type": "job.log", "job": event["job"], "lines": event["lines"]}
+        if event.get("saved"):
+            message["saved"] = True  # the finished job's tail is now on record (GET .../logs/)
+        await self.send_json(message)
 
 
 class SiteJobsConsumer(_ForwardingConsumer):

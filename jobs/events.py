@@ -63,6 +63,11 @@ def publish_log_lines(job_pk: int, site_name: str, lines: list[str]) -> None:
         send(job_group(job_pk), {"type": "job.log", "job": job_pk, "lines": lines})
 
 
+def publish_logs_saved(job_pk: int) -> None:
+    """A finished job's logs tail has been saved: its page shows that record from now on."""
+    send(job_group(job_pk), {"type": "job.log", "job": job_pk, "lines": [], "saved": True})
+
+
 def send(group: str, message: dict) -> None:
     """Queue one group message; returns at once. Order between sends of one process is kept."""
     layer = get_channel_layer()

@@ -10,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from backends.base import BackendError, Handle, InvalidJobSpec, JobState, Observation
 from jobs.models import Job
-from jobs.services.lifecycle import job_observe
+from jobs.services.lifecycle import job_observe, job_save_logs_tail
 from jobs.services.sites import site_backend
 from jobs.services.submission import job_request_for
 
@@ -71,8 +71,8 @@ def job_apply_observation(
     observation: Observation, *, source: str, job: Job | None = None, terminated: bool = False,
     site_pk: int | None = None,
 ) -> Job | None:
-    """Record what a backend saw. On a terminal state the logs tail is saved first and the workload
-    is removed only after that record has committed. Without `job`, the job is found by the
+    """Record what a backend saw. After a terminal state has committed, the workload's logs tail is
+    saved (when the observation carried none) and then the workload is removed, off this thread. Without `job`, the job is found by the
     workload's label (restricted to `site_pk` when given); None when no job claims it."""
     if job is None:
         job = _job_for(observation, site_pk)
@@ -82,23 +82,22 @@ def job_apply_observation(
         job, _ = job_observe(job_pk=job.pk, state=job.state, source=source, message=observation.message, note_only=True)
         return job
     message = observation.message
-    logs_tail = observation.logs_tail
-    if observation.state.is_terminal and logs_tail is None and job.handle and not job.logs_tail:
-        logs_tail = _logs_or_none(job)
     if terminated and observation.state.is_terminal:
         message = message or "terminated on request"
-    job, changed = job_observe(
+    job, _ = job_observe(
         job_pk=job.pk, state=observation.state, source=source, message=message,
         return_code=observation.return_code, exit_code=observation.exit_code, reason=observation.reason,
-        logs_tail=_trim(logs_tail),
+        logs_tail=_trim(observation.logs_tail),
         # A workload seen before its launch was recorded (a worker killed mid-launch) is adopted,
         # so that terminate, logs and cleanup can still reach it.
         handle=Handle(job.backend or job.site.backend, observation.ref).as_dict() if observation.ref else None,
     )
     if job.is_terminal and job.handle and observation.state.is_terminal and observation.state is not JobState.LOST:
-        handle = Handle(**job.handle)
+        # The state is recorded (and pushed) first; reading the logs tail is an engine call that
+        # must not delay it. The tail is saved next, then the workload is removed.
+        handle, job_pk, save_tail = Handle(**job.handle), job.pk, not job.logs_tail
         backend = site_backend(job.site)
-        transaction.on_commit(lambda: _CLEANERS.submit(_cleanup, backend, handle))
+        transaction.on_commit(lambda: _CLEANERS.submit(_finish_workload, backend, handle, job_pk, save_tail))
     return job
 
 
@@ -111,13 +110,6 @@ def _job_for(observation: Observation, site_pk: int | None = None) -> Job | None
     return None
 
 
-def _logs_or_none(job: Job) -> str | None:
-    try:
-        return site_backend(job.site).logs(Handle(**job.handle), tail=settings.LAUNCHER_LOGS_TAIL_LINES)
-    except BackendError:
-        return None
-
-
 def _trim(logs: str | None) -> str | None:
     if logs is None:
         return None
@@ -125,14 +117,20 @@ def _trim(logs: str | None) -> str | None:
     return "\n".join(lines[-settings.LAUNCHER_LOGS_TAIL_LINES:])
 
 
-# Removing a finished container can take a second when many end at once; it runs on these threads
-# so that recording the next exits never waits for it. A removal lost with the process is done by
-# the next reconcile (a leftover of a finished job).
+# Saving a finished workload's logs tail and removing it can take a second when many end at once;
+# it runs on these threads so that recording the next exits never waits for it. Work lost with the
+# process is done by the next reconcile (a leftover of a finished job: tail saved, then removed).
 _CLEANERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="workload-cleanup")
 
 
-def _cleanup(backend, handle: Handle) -> None:
+def _finish_workload(backend, handle: Handle, job_pk: int, save_tail: bool) -> None:
     try:
+        if save_tail:
+            job_save_logs_tail(job_pk=job_pk, logs_tail=backend.logs(handle, tail=settings.LAUNCHER_LOGS_TAIL_LINES))
         backend.cleanup(handle)
     except BackendError:
-        log.warning("could not remove finished workload %s; reconcile will retry", handle.ref, exc_info=True)
+        log.warning("could not finish workload %s; reconcile will retry", handle.ref, exc_info=True)
+    except Exception:
+        log.exception("could not finish workload %s; reconcile will retry", handle.ref)
+    finally:
+        connection.close()  # this pool thread keeps no database connection between jobs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -121,3 +122,16 @@ def _fill_missing(job: Job, **values: Any) -> bool:
 def _publish_after_commit(job: Job, event: JobEvent) -> None:
     job_pk, event_id = job.pk, event.pk
     transaction.on_commit(lambda: events.publish_job(job_pk, seq=event_id))
+
+
+def job_save_logs_tail(*, job_pk: int, logs_tail: str | None) -> bool:
+    """Keep a finished job's logs tail when it has none yet (not a state change, so no JobEvent).
+    Watchers record an exit first and read its tail afterwards; the job's page is told to reload
+    the saved tail. Returns whether it was saved."""
+    if not logs_tail:
+        return False
+    logs_tail = "\n".join(logs_tail.splitlines()[-settings.LAUNCHER_LOGS_TAIL_LINES:])
+    saved = bool(Job.objects.filter(pk=job_pk, logs_tail="").update(logs_tail=logs_tail))
+    if saved:
+        events.publish_logs_saved(job_pk)
+    return saved

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from backends.base import BackendError, Handle, JobState
 from jobs.models import ACTIVE, Job, OrphanWorkload, Site
 from jobs.services.launching import job_apply_observation
-from jobs.services.lifecycle import job_observe
+from jobs.services.lifecycle import job_observe, job_save_logs_tail
 from jobs.services.sites import site_backend
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ def site_reconcile(*, site: Site) -> ReconcileReport:
 def _settle_leftover(backend, job: Job, observation) -> None:
     """A workload of a job whose record is complete: stop it if it still runs, then remove it."""
     handle = Handle(backend=backend.kind, ref=observation.ref)
+    if observation.state.is_terminal and not job.logs_tail:  # its recorder died before saving the tail
+        job_save_logs_tail(job_pk=job.pk, logs_tail=observation.logs_tail)
     try:
         if not observation.state.is_terminal:
             backend.terminate(handle)

@@ -128,6 +128,7 @@ document.addEventListener("DOMContentLoaded", function () {
     onMessage: function (message) {
       if (message.type === "job.update") applyJob(message.job);
       else if (message.type === "snapshot") (message.jobs || []).forEach(applyJob);
+      else if (message.type === "job.log" && Number(message.job) === jobId && message.saved) loadSavedTail();
       else if (message.type === "job.log" && Number(message.job) === jobId) {
         const lines = (message.lines || []).map(String);
         if (paused) buffered = buffered.concat(lines).slice(-5000);

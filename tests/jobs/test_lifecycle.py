@@ -9,7 +9,7 @@ from channels.layers import get_channel_layer
 
 from jobs import events
 from jobs.models import Job, JobEvent, Site
-from jobs.services.lifecycle import job_observe
+from jobs.services.lifecycle import job_observe, job_save_logs_tail
 
 pytestmark = pytest.mark.embedded
 
@@ -116,3 +116,25 @@ def test_success_before_a_terminate_request_took_effect_is_kept(job):
     job_observe(job_pk=job.pk, state="succeeded", source="watcher", return_code=0)
     job.refresh_from_db()
     assert (job.state, job.return_code) == ("succeeded", 0)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_logs_tail_saved_after_the_exit_is_trimmed_kept_once_and_announced(settings):
+    settings.LAUNCHER_LOGS_TAIL_LINES = 3
+    site = await Site.objects.acreate(name="site-1")
+    job = await Job.objects.acreate(site=site, job_id="j1", backend="docker")
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(events.job_group(job.pk), channel)
+    await sync_to_async(job_observe)(job_pk=job.pk, state="failed", source="watcher", exit_code=3)
+    assert (await asyncio.wait_for(layer.receive(channel), timeout=5))["state"] == "failed"
+    events_before = await JobEvent.objects.filter(job=job).acount()
+
+    assert await sync_to_async(job_save_logs_tail)(job_pk=job.pk, logs_tail="a\nb\nc\nd\ne\n")
+    assert not await sync_to_async(job_save_logs_tail)(job_pk=job.pk, logs_tail="later\n")  # the first stays
+    await job.arefresh_from_db()
+    assert (job.logs_tail, job.state) == ("c\nd\ne", "failed")
+    assert await JobEvent.objects.filter(job=job).acount() == events_before  # not a state change
+    message = await asyncio.wait_for(layer.receive(channel), timeout=5)
+    assert message == {"type": "job.log", "job": job.pk, "lines": [], "saved": True}

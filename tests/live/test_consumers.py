@@ -108,6 +108,8 @@ async def test_job_socket_forwards_changes_and_log_lines_and_ignores_commands(si
     assert (await receive(communicator))["job"]["id"] == jobs[1].pk
     await sync_to_async(events.publish_log_lines)(jobs[1].pk, "site-1", ["line 1", "<b>line 2</b>"])
     assert await receive(communicator) == {"type": "job.log", "job": jobs[1].pk, "lines": ["line 1", "<b>line 2</b>"]}
+    await sync_to_async(events.publish_logs_saved)(jobs[1].pk)
+    assert await receive(communicator) == {"type": "job.log", "job": jobs[1].pk, "lines": [], "saved": True}
     job = await Job.objects.aget(pk=jobs[1].pk)
     assert job.state == "running"  # the "terminate" text changed nothing
     await communicator.disconnect()

@@ -13,7 +13,7 @@ import docker
 import pytest
 
 from backends.base import LABEL_SITE
-from jobs.models import Site
+from jobs.models import Job, Site
 from jobs.services.launching import job_launch
 from jobs.services.reconciliation import site_reconcile
 from jobs.watchers import SiteWatcher
@@ -177,6 +177,40 @@ def test_watcher_reconnects_after_the_daemon_connection_drops_and_records_the_mi
     assert job.exit_code == 137 and job.return_code == 1
     changes = transitions(job.pk)
     assert len(changes) == len(set(changes)) and changes[-1] == ("running", "failed")
+
+
+def test_exit_is_recorded_first_then_its_logs_tail_saved_then_the_container_removed(docker_site, daemon, settings):
+    settings.LAUNCHER_LOG_FOLLOWERS = 0
+    Site.objects.filter(pk=docker_site.pk).update(docker={**docker_site.docker, "default_job_env": {"FAKE_SLEEP": "1"}})
+    watcher = SiteWatcher(docker_site.pk, docker_site.name)
+    watcher.start()
+    try:
+        wait_until(watcher.connected.is_set, timeout=20, message="the watcher to connect")
+        job = launched(docker_site, "dk-tail")
+        wait_until(lambda: job_state(job.pk) == "succeeded", timeout=30, message="the exit to be recorded")
+        wait_until(lambda: "FAKE-PYTHON ARGV" in Job.objects.get(pk=job.pk).logs_tail, timeout=20,
+                   message="the logs tail to be saved")
+        wait_until(lambda: not daemon.containers.list(all=True, filters={"name": job.handle["ref"]}), timeout=20,
+                   message="the container to be removed")
+    finally:
+        watcher.stop.set()
+        watcher.join(15)
+    changes = transitions(job.pk)
+    assert len(changes) == len(set(changes)) and changes[-1][1] == "succeeded"
+
+
+def test_leftover_of_a_finished_job_gets_its_logs_tail_before_removal(docker_site, daemon):
+    job = launched(docker_site, "dk-left")
+    ref = job.handle["ref"]
+    wait_until(lambda: "FAKE-PYTHON ARGV" in daemon.containers.get(ref).logs().decode(), timeout=20,
+               message="the job to write its first lines")
+    # The exit was recorded, then its recorder died before saving the tail and removing the container.
+    Job.objects.filter(pk=job.pk).update(state="failed", return_code=1, logs_tail="")
+    daemon.containers.get(ref).kill()
+    wait_until(lambda: daemon.containers.get(ref).status == "exited", timeout=20, message="the container to exit")
+    site_reconcile(site=docker_site)
+    assert "FAKE-PYTHON ARGV" in Job.objects.get(pk=job.pk).logs_tail
+    assert not daemon.containers.list(all=True, filters={"name": ref})
 
 
 def test_container_removed_by_hand_is_lost_within_one_reconcile(docker_site, daemon):
