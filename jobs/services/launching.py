@@ -5,8 +5,10 @@ Backend calls happen outside any transaction; each outcome is recorded through j
 
 from __future__ import annotations
 
+import itertools
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
 from typing import Any
 
 from django.conf import settings
@@ -97,7 +99,7 @@ def job_apply_observation(
         # must not delay it. The tail is saved next, then the workload is removed.
         handle, job_pk, save_tail = Handle(**job.handle), job.pk, not job.logs_tail
         backend = site_backend(job.site)
-        transaction.on_commit(lambda: _CLEANERS.submit(_finish_workload, backend, handle, job_pk, save_tail))
+        transaction.on_commit(lambda: _finisher.finish(backend, handle, job_pk, save_tail))
     return job
 
 
@@ -117,20 +119,59 @@ def _trim(logs: str | None) -> str | None:
     return "\n".join(lines[-settings.LAUNCHER_LOGS_TAIL_LINES:])
 
 
-# Saving a finished workload's logs tail and removing it can take a second when many end at once;
-# it runs on these threads so that recording the next exits never waits for it. Work lost with the
-# process is done by the next reconcile (a leftover of a finished job: tail saved, then removed).
-_CLEANERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="workload-cleanup")
+class _Finisher:
+    """After an exit is recorded, its workload's logs tail is saved and then the workload removed,
+    on this one thread, so that recording the next exits never waits for either. One at a time, and
+    tails before removals: each call costs the engine real work (removal: unmounting, deleting), and
+    many at once slow down how soon it reports the next exits, while a saved tail is what the job's
+    page waits for. Work lost with the process is done by the next reconcile (a leftover of a
+    finished job: tail saved, then removed)."""
 
+    TAIL, REMOVE = 0, 1
 
-def _finish_workload(backend, handle: Handle, job_pk: int, save_tail: bool) -> None:
-    try:
+    def __init__(self) -> None:
+        self.queue: queue.PriorityQueue = queue.PriorityQueue()
+        self.order = itertools.count()  # FIFO within a priority
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def finish(self, backend, handle: Handle, job_pk: int, save_tail: bool) -> None:
         if save_tail:
+            self._put(self.TAIL, self._save_tail, backend, handle, job_pk)
+        else:
+            self._put(self.REMOVE, self._remove, backend, handle)
+
+    def _put(self, priority: int, function, *args) -> None:
+        self.queue.put((priority, next(self.order), function, args))
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():  # first use, or a forked worker child
+                self.thread = threading.Thread(target=self._run, name="workload-finisher", daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            _, _, function, args = self.queue.get()
+            try:
+                function(*args)
+            except Exception:
+                log.exception("finishing a workload failed; reconcile will retry")
+
+    def _save_tail(self, backend, handle: Handle, job_pk: int) -> None:
+        try:
             job_save_logs_tail(job_pk=job_pk, logs_tail=backend.logs(handle, tail=settings.LAUNCHER_LOGS_TAIL_LINES))
-        backend.cleanup(handle)
-    except BackendError:
-        log.warning("could not finish workload %s; reconcile will retry", handle.ref, exc_info=True)
-    except Exception:
-        log.exception("could not finish workload %s; reconcile will retry", handle.ref)
-    finally:
-        connection.close()  # this pool thread keeps no database connection between jobs
+        except Exception:  # removing it anyway would lose the output: reconcile saves the tail, then removes
+            log.warning("could not save the logs tail of %s; reconcile will retry", handle.ref, exc_info=True)
+            return
+        finally:
+            connection.close()  # this thread keeps no database connection between jobs
+        self._put(self.REMOVE, self._remove, backend, handle)
+
+    @staticmethod
+    def _remove(backend, handle: Handle) -> None:
+        try:
+            backend.cleanup(handle)
+        except BackendError:
+            log.warning("could not remove finished workload %s; reconcile will retry", handle.ref, exc_info=True)
+
+
+_finisher = _Finisher()
