@@ -40,12 +40,14 @@ def job_message(job, seq: int | None) -> dict:
     return {"type": "job.update", "job": JobSerializer(job).data, "seq": seq}
 
 
-def publish_job(job_pk: int, *, seq: int | None = None) -> None:
+def publish_job(job_pk: int, *, seq: int | None = None, job=None) -> None:
     """Send the job's current REST payload to its job and site groups. Called after commit only
-    (jobs.services.lifecycle, jobs.services.submission)."""
+    (jobs.services.lifecycle, jobs.services.submission); `job`: the row as just committed, when the
+    caller has it (a new job), which saves reading it back."""
     from jobs.models import Job
 
-    job = Job.objects.select_related("site").filter(pk=job_pk).first()
+    if job is None:
+        job = Job.objects.select_related("site").filter(pk=job_pk).first()
     if job is None:
         return
     # The browser's message is encoded once here rather than once per connected socket, and the group

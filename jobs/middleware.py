@@ -7,6 +7,9 @@ CSP = (
 
 
 class ContentSecurityPolicyMiddleware:
+    # Sync-only on purpose. Making the whole chain async-capable (this and an async WhiteNoise) was
+    # measured slower under uvicorn: 8.0 vs 4.7 ms of CPU per /healthz request, because the sync
+    # view and Django's request signals then each hop to a thread, instead of the chain hopping once.
     def __init__(self, get_response):
         self.get_response = get_response
 

@@ -121,8 +121,8 @@ def job_submit(
                     job=job, from_state=JobState.QUEUED, to_state=JobState.QUEUED, source=source,
                     message=f"study {study!r} is not configured on site {site.name}: no datasets will be mounted",
                 )
-            job_pk, seq = job.pk, event.pk
-            transaction.on_commit(lambda: events.publish_job(job_pk, seq=seq))
+            seq = event.pk
+            transaction.on_commit(lambda: events.publish_job(job.pk, seq=seq, job=job))
             _enqueue_launch(job.pk, credentials)
     except IntegrityError:
         existing = Job.objects.filter(site=site, job_id=job_id).first()
