@@ -13,6 +13,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,8 @@ import websockets  # noqa: E402
 from bench.harness import Stack, process_stats, summary  # noqa: E402
 
 
-async def client(url: str, cookie: str, origin: str, received: list, connected: list, stop_at: float) -> None:
+async def client(url: str, cookie: str, origin: str, received: list, connected: list, stop_at: float,
+                 frames: list) -> None:
     async with websockets.connect(url, additional_headers={"Cookie": cookie, "Origin": origin},
                                   max_queue=None, open_timeout=60) as ws:
         connected.append(url)
@@ -35,8 +37,10 @@ async def client(url: str, cookie: str, origin: str, received: list, connected: 
                 continue
             now = time.time()  # wall clock: comparable with the driver's, which runs in another process
             message = json.loads(raw)
-            if message.get("type") == "job.update":
-                received.append((message["job"]["id"], message["job"]["state"], now))
+            frames[0] += message.get("type") in ("job.update", "job.updates")
+            for update in message["updates"] if message.get("type") == "job.updates" else [message]:
+                if update.get("type") == "job.update":
+                    received.append((update["job"]["id"], update["job"]["state"], now))
 
 
 def client_process(targets: list[tuple[str, str, str]], ready, start_at: float, stop_at: float, out) -> None:
@@ -46,15 +50,18 @@ def client_process(targets: list[tuple[str, str, str]], ready, start_at: float, 
     async def run():
         received: list = []
         connected: list = []
-        tasks = [asyncio.create_task(client(url, cookie, origin, received, connected, stop_at))
+        frames = [0]
+        tasks = [asyncio.create_task(client(url, cookie, origin, received, connected, stop_at, frames))
                  for url, cookie, origin in targets]
         while time.time() < start_at:
             await asyncio.sleep(0.05)
         ready.put(len(connected))
         await asyncio.gather(*tasks, return_exceptions=True)
-        return received
+        return received, frames[0]
 
-    out.put(asyncio.run(run()))
+    import uvloop  # the clients are the load generator: keep their share of the 2 cores small
+
+    out.put(uvloop.run(run()))
 
 
 def main() -> None:
@@ -96,8 +103,14 @@ def main() -> None:
         connected = sum(ready.get(timeout=120) for _ in procs)
         print(f"{connected} clients connected in {len(procs)} client processes")
 
+        spies = [subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "-d", str(int(args.seconds)), "-r", "200",
+                                   "-f", "raw", "-o", f"/tmp/fanout-spy-{n}.txt", "--gil"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for n, proc in enumerate(stack.procs)] if os.environ.get("BENCH_PYSPY") else []
         sent: dict = {}
         cpu_before, _ = process_stats([p.pid for p in stack.procs])
+        clients_before, _ = process_stats([p.pid for p in procs])
+        driver_before = time.process_time()
         interval, started = 1 / args.rate, time.time()
         for n, (pk, state) in enumerate(plan):
             delay = started + n * interval - time.time()
@@ -106,18 +119,36 @@ def main() -> None:
             sent[(pk, state)] = time.time()
             job_observe(job_pk=pk, state=state, source="watcher")
         elapsed = time.time() - started
+        for spy in spies:
+            spy.wait(60)
         cpu_after, rss = process_stats([p.pid for p in stack.procs])
-        received = [item for _ in procs for item in out.get(timeout=args.seconds + 120)]
+        clients_after, _ = process_stats([p.pid for p in procs])
+        driver_cpu = time.process_time() - driver_before
+        results = [out.get(timeout=args.seconds + 120) for _ in procs]
+        received = [item for items, _ in results for item in items]
+        frames = sum(count for _, count in results)
         for proc in procs:
             proc.join(10)
         latencies = [(t - sent[(pk, state)]) * 1000 for pk, state, t in received if (pk, state) in sent]
+        if os.environ.get("BENCH_BUCKETS"):
+            from collections import defaultdict
+
+            from bench.harness import percentile
+            buckets = defaultdict(list)
+            for pk, state, t in received:
+                if (pk, state) in sent:
+                    buckets[int(sent[(pk, state)] - started)].append((t - sent[(pk, state)]) * 1000)
+            for second in sorted(buckets):
+                print(f"  second {second}: p50 {percentile(buckets[second], 50):.0f} p99 {percentile(buckets[second], 99):.0f}")
         cpu_percent = (cpu_after - cpu_before) / elapsed * 100
         expected = len(plan) * args.clients
         print(f"\nfan-out: {args.clients} clients on {len(stack.urls)} web processes, {args.rate:.0f} updates/s "
               f"for {args.seconds:.0f} s ({len(plan)} updates)")
-        print(f"  delivered {len(latencies)}/{expected} messages")
+        print(f"  delivered {len(latencies)}/{expected} updates in {frames} frames")
         print(f"  delivery latency  {summary(latencies)}")
         print(f"  web processes     CPU {cpu_percent:5.1f}% of one core (sum), RSS {rss:6.1f} MiB (sum)")
+        print(f"  load generator    clients CPU {(clients_after - clients_before) / elapsed * 100:5.1f}% of one core "
+              f"(sum of {len(procs)} processes), driver (job_observe) {driver_cpu / elapsed * 100:5.1f}%")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
+from array import array
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -38,6 +40,7 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         events.bind_server_loop(asyncio.get_running_loop())
         self.sent: dict[int, int] = {}  # job pk -> highest seq sent, so resume and live never repeat
+        self.live_seqs = array("q")  # seqs of live messages since the last catch-up window (see _catch_up)
         self.resumed = False
         self.heartbeat: asyncio.Task | None = None
         user = self.scope.get("user")
@@ -65,8 +68,9 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
         """The resume handshake's answer (may be a snapshot)."""
         raise NotImplementedError
 
-    async def missed_after(self, since: int, until: int) -> resume.ResumeReply:
-        """The heartbeat's catch-up: changes in (since, until] this socket was not sent (never a snapshot)."""
+    async def missed_after(self, since: int, until: int, received: int) -> resume.ResumeReply:
+        """The heartbeat's catch-up: changes in (since, until] this socket was not sent (never a
+        snapshot); `received`: how many distinct seqs of that window came live."""
         raise NotImplementedError
 
     async def disconnect(self, code):
@@ -93,25 +97,47 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
             for message in reply.updates:
                 await self._forward(message)
 
+    def _fresh(self, pk: int, seq: int | None) -> bool:
+        """Not yet sent through the other path (live vs resume); notes it as sent."""
+        if seq is None:
+            return True
+        if seq <= self.sent.get(pk, 0):
+            return False
+        self.sent[pk] = seq
+        return True
+
     async def _forward(self, message: dict) -> None:
         # Live messages (jobs.events.publish_job) carry "id" and the pre-encoded "text"; resume
         # replies (jobs.services.resume) carry the "job" payload itself.
         pk = message["id"] if "id" in message else message["job"]["id"]
         seq = message.get("seq")
-        if seq is not None:
-            if seq <= self.sent.get(pk, 0):
-                return  # already sent through the other path (live vs resume)
-            self.sent[pk] = seq
+        if "id" in message and seq is not None:
+            self.live_seqs.append(seq)
+        if not self._fresh(pk, seq):
+            return
         if "text" in message:
             await self.send(text_data=message["text"])
         else:
             await self.send_json({"type": "job.update", "job": message["job"], "seq": seq})
 
+    async def _forward_batch(self, updates: list[dict]) -> None:
+        # One frame for the batch, joined from the pre-encoded updates (no JSON encoding here).
+        self.live_seqs.extend(m["seq"] for m in updates if m.get("seq") is not None)
+        texts = [m["text"] for m in updates if self._fresh(m["id"], m.get("seq"))]
+        if len(texts) == 1:
+            await self.send(text_data=texts[0])
+        elif texts:
+            await self.send(text_data='{"type": "job.updates", "updates": [' + ", ".join(texts) + "]}")
+
     async def _beat(self) -> None:
         interval = settings.LAUNCHER_WS_HEARTBEAT_SECONDS
+        # The first beat comes after a random part of the interval: browsers that reconnected
+        # together (a web process restarted) would otherwise beat, and query, together for good.
+        delay = interval * random.uniform(0.5, 1.0)
         with contextlib.suppress(Exception):  # the socket closed under us: disconnect() cleans up
             while True:
-                await asyncio.sleep(interval)
+                await asyncio.sleep(delay)
+                delay = interval
                 await self._catch_up()
                 await self.send_json({"type": "heartbeat"})
 
@@ -120,7 +146,11 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
         # at least one heartbeat ago, so its live message has had that long to arrive (an event id
         # taken before the earlier check may commit after it, hence the overlap). Jobs whose latest
         # change this socket was already sent cost nothing.
-        reply = await self.missed_after(self.checked_before, self.checked)
+        # Usually every event of the window came live, which the count of those seqs shows cheaply.
+        since, until = self.checked_before, self.checked
+        received = len({seq for seq in self.live_seqs if since < seq <= until})
+        reply = await self.missed_after(since, until, received)
+        self.live_seqs = array("q", (seq for seq in self.live_seqs if seq > until))
         self.checked_before, self.checked = self.checked, reply.last
         for message in reply.updates:
             await self._forward(message)
@@ -136,6 +166,8 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
         # limits fan-out to hundreds of browsers). Everything else is dispatched as usual.
         if message["type"] == "job.update":
             await self.job_update(message)
+        elif message["type"] == "job.updates":
+            await self._forward_batch(message["updates"])
         elif message["type"] == "job.log":
             await self.job_log(message)
         else:
@@ -168,10 +200,10 @@ class SiteJobsConsumer(_ForwardingConsumer):
         known = dict(self.sent)  # copied here, on the loop: the query runs in a worker thread
         return await database_sync_to_async(resume.site_jobs_resume)(site=self.target, seq=seq, known=known)
 
-    async def missed_after(self, since, until):
+    async def missed_after(self, since, until, received):
         known = dict(self.sent)
         return await database_sync_to_async(resume.site_jobs_missed)(site=self.target, since=since, until=until,
-                                                                     known=known)
+                                                                     known=known, received=received)
 
 
 class JobConsumer(_ForwardingConsumer):
@@ -189,6 +221,7 @@ class JobConsumer(_ForwardingConsumer):
         known = dict(self.sent)
         return await database_sync_to_async(resume.job_resume)(job=self.target, seq=seq, known=known)
 
-    async def missed_after(self, since, until):
+    async def missed_after(self, since, until, received):
         known = dict(self.sent)
-        return await database_sync_to_async(resume.job_missed)(job=self.target, since=since, until=until, known=known)
+        return await database_sync_to_async(resume.job_missed)(job=self.target, since=since, until=until, known=known,
+                                                               received=received)

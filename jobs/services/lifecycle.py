@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from django.conf import settings
@@ -63,7 +64,8 @@ def job_observe(
     if source not in EventSource.values:
         raise ValueError(f"unknown event source {source!r}; expected one of {', '.join(EventSource.values)}")
     with transaction.atomic():  # SQLite: an IMMEDIATE transaction, which serialises writers like the row lock
-        job = Job.objects.select_for_update().get(pk=job_pk)
+        # of=("self",): lock the job row only, not its site (read along for the published payload).
+        job = Job.objects.select_related("site").select_for_update(of=("self",)).get(pk=job_pk)
         current = JobState(job.state)
         dirty = _fill_missing(job, handle=handle, spec=spec, image=image, logs_tail=logs_tail)
 
@@ -120,8 +122,10 @@ def _fill_missing(job: Job, **values: Any) -> bool:
 
 
 def _publish_after_commit(job: Job, event: JobEvent) -> None:
-    job_pk, event_id = job.pk, event.pk
-    transaction.on_commit(lambda: events.publish_job(job_pk, seq=event_id))
+    # The row as committed (a copy: the caller may change its object afterwards), so the publisher
+    # does not read it back.
+    committed, event_id = copy.copy(job), event.pk
+    transaction.on_commit(lambda: events.publish_job(committed.pk, seq=event_id, job=committed))
 
 
 def job_save_logs_tail(*, job_pk: int, logs_tail: str | None) -> bool:

@@ -58,9 +58,12 @@
         lastMessage = Date.now();
         let message;
         try { message = JSON.parse(event.data); } catch (e) { return; }
-        if (typeof message.seq === "number" && message.seq > seq) seq = message.seq;
-        if (message.type === "heartbeat") return;
-        options.onMessage(message);
+        // Under load the server sends a site's changes of the last 100 ms as one frame.
+        const messages = message.type === "job.updates" ? (message.updates || []) : [message];
+        messages.forEach(function (m) {
+          if (typeof m.seq === "number" && m.seq > seq) seq = m.seq;
+          if (m.type !== "heartbeat") options.onMessage(m);
+        });
       });
       socket.addEventListener("close", function (event) {
         socket = null;

@@ -205,3 +205,25 @@ async def test_a_lost_push_is_caught_up_within_two_heartbeats(site_jobs, setting
     assert await receive(communicator, timeout=3) == {"type": "heartbeat"}  # and only once
     await communicator.disconnect()
 
+
+
+async def test_a_burst_of_changes_arrives_batched_in_order_each_once(site_jobs):
+    site, jobs, _, cookies = site_jobs
+    communicator, _, _ = await connect("/ws/sites/site-1/jobs/", cookies["viewer"])
+    burst = [(jobs[0].pk, JobState.STARTING), (jobs[1].pk, JobState.STARTING), (jobs[0].pk, JobState.RUNNING),
+             (jobs[2].pk, JobState.STARTING), (jobs[1].pk, JobState.FAILED)]
+    for pk, state in burst:
+        await observe(pk, state)
+    seqs = [e async for e in JobEvent.objects.filter(job__site=site).order_by("id").values_list("id", flat=True)]
+    frames = []
+    while sum(len(f.get("updates", [f])) for f in frames) < len(burst):
+        frames.append(await receive(communicator))
+    # The first change goes out at once; the ones within the next 100 ms arrive as one frame.
+    assert frames[0]["type"] == "job.update" and len(frames) < len(burst)
+    assert any(f["type"] == "job.updates" for f in frames)
+    updates = [u for f in frames for u in f.get("updates", [f])]
+    assert all(u["type"] == "job.update" for u in updates)
+    assert [(u["job"]["id"], u["job"]["state"]) for u in updates] == [(pk, state.value) for pk, state in burst]
+    assert [u["seq"] for u in updates] == seqs
+    assert await communicator.receive_nothing(timeout=0.3)
+    await communicator.disconnect()
