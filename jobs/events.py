@@ -7,10 +7,10 @@ queues may only be touched from the loop its consumers wait on. The layer is at-
 that fails (Redis down) is logged and dropped; the database is the record and browsers resume.
 
 Under load, job updates are batched per group: the first change of a group goes out at once; more
-changes of that group within BATCH_WINDOW seconds wait for the window's end and go out as one
+changes of that group within LAUNCHER_WS_BATCH_MS wait for the window's end and go out as one
 group message, `{"type": "job.updates", "updates": [...]}`, which consumers send as one frame. At
-50 changes a second that is 10 messages per socket instead of 50: each delivery to each socket
-costs a consumer wake-up and a socket write, and those, not the changes, limit fan-out.
+50 changes a second that is 5 messages per socket instead of 50: each delivery to each socket costs
+a consumer wake-up and a socket write, and those, not the changes, limit fan-out (bench/fanout.py).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import threading
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.conf import settings
 
 log = logging.getLogger(__name__)
 SEND_TIMEOUT = 5.0  # seconds one group_send may take before it is dropped
 MAX_IN_FLIGHT = 5000  # sends queued on the publisher loop; beyond that new ones are dropped (and logged)
-BATCH_WINDOW = 0.1  # seconds; see the module docstring
 
 
 def job_group(job_pk: int) -> str:
@@ -135,15 +135,15 @@ class _Publisher:
         if message.get("type") != "job.update":
             self._spawn(loop, layer, group, message, 1)
             return
-        now = loop.time()
+        now, window = loop.time(), settings.LAUNCHER_WS_BATCH_MS / 1000
         batch = self._batches.get(group)
-        if batch is None and now - self._last_sent.get(group, float("-inf")) >= BATCH_WINDOW:
+        if batch is None and now - self._last_sent.get(group, float("-inf")) >= window:
             self._mark_sent(group, now)
             self._spawn(loop, layer, group, message, 1)
             return
         if batch is None:
             batch = self._batches[group] = []
-            loop.call_at(self._last_sent[group] + BATCH_WINDOW, self._flush, loop, layer, group)
+            loop.call_at(self._last_sent[group] + window, self._flush, loop, layer, group)
         batch.append(message)
 
     def _flush(self, loop, layer, group: str) -> None:
@@ -155,7 +155,7 @@ class _Publisher:
     def _mark_sent(self, group: str, now: float) -> None:
         self._last_sent[group] = now
         if len(self._last_sent) > 1000:  # one entry per job group: forget the quiet ones
-            self._last_sent = {g: t for g, t in self._last_sent.items() if now - t < BATCH_WINDOW}
+            self._last_sent = {g: t for g, t in self._last_sent.items() if now - t < settings.LAUNCHER_WS_BATCH_MS / 1000}
 
     def _spawn(self, loop, layer, group: str, message: dict, count: int) -> None:
         loop.create_task(self._send(layer, group, message)).add_done_callback(lambda _: self._done(count))

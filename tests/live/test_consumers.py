@@ -218,12 +218,24 @@ async def test_a_burst_of_changes_arrives_batched_in_order_each_once(site_jobs):
     frames = []
     while sum(len(f.get("updates", [f])) for f in frames) < len(burst):
         frames.append(await receive(communicator))
-    # The first change goes out at once; the ones within the next 100 ms arrive as one frame.
+    # The first change goes out at once; the ones within the next 200 ms arrive as one frame.
     assert frames[0]["type"] == "job.update" and len(frames) < len(burst)
     assert any(f["type"] == "job.updates" for f in frames)
     updates = [u for f in frames for u in f.get("updates", [f])]
     assert all(u["type"] == "job.update" for u in updates)
     assert [(u["job"]["id"], u["job"]["state"]) for u in updates] == [(pk, state.value) for pk, state in burst]
     assert [u["seq"] for u in updates] == seqs
+    assert await communicator.receive_nothing(timeout=0.3)
+    await communicator.disconnect()
+
+
+async def test_with_batching_off_every_change_is_its_own_frame(site_jobs, settings):
+    settings.LAUNCHER_WS_BATCH_MS = 0
+    _, jobs, _, cookies = site_jobs
+    communicator, _, _ = await connect("/ws/sites/site-1/jobs/", cookies["viewer"])
+    for job in jobs:
+        await observe(job.pk, JobState.STARTING)
+    frames = [await receive(communicator) for _ in jobs]
+    assert [(f["type"], f["job"]["id"]) for f in frames] == [("job.update", job.pk) for job in jobs]
     assert await communicator.receive_nothing(timeout=0.3)
     await communicator.disconnect()
