@@ -94,8 +94,10 @@ async def listen(url: str, origin: str, cookie: str, got: dict[int, float], read
         ready.set()
         while True:
             message = json.loads(await ws.recv())
-            if message["type"] == "job.update" and message["job"]["state"] in ("succeeded", "failed"):
-                got.setdefault(message["job"]["id"], time.time())
+            now = time.time()
+            for update in message["updates"] if message["type"] == "job.updates" else [message]:
+                if update["type"] == "job.update" and update["job"]["state"] in ("succeeded", "failed"):
+                    got.setdefault(update["job"]["id"], now)
 
 
 def launch_all(site, n: int, spread: float, tag: str) -> list:

@@ -9,8 +9,9 @@ LAUNCHER_WS_HEARTBEAT_SECONDS so proxies keep the socket open and clients notice
 
 The channel layer is at-most-once (a Redis outage drops pushes). So that an open socket does not
 stay wrong until the browser reconnects, each heartbeat first catches up: changes in the socket's
-scope since the previous check that were not forwarded are sent then (one indexed query per socket
-per heartbeat; nothing is sent twice).
+scope since the previous check that were not forwarded are sent then (nothing is sent twice). Per
+socket and heartbeat that costs one count, compared with the sequence numbers that came live; the
+changed jobs are looked up only when the two differ.
 """
 
 from __future__ import annotations
@@ -144,9 +145,8 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
     async def _catch_up(self) -> None:
         # The window is (the check before last, the last check]: every change in it was committed
         # at least one heartbeat ago, so its live message has had that long to arrive (an event id
-        # taken before the earlier check may commit after it, hence the overlap). Jobs whose latest
-        # change this socket was already sent cost nothing.
-        # Usually every event of the window came live, which the count of those seqs shows cheaply.
+        # taken before the earlier check may commit after it, hence the overlap). Usually every
+        # event of the window came live, which the count of their seqs shows cheaply.
         since, until = self.checked_before, self.checked
         received = len({seq for seq in self.live_seqs if since < seq <= until})
         reply = await self.missed_after(since, until, received)

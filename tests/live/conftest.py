@@ -276,6 +276,7 @@ class Browser:
         self.ws = None
         self.seq = 0
         self.jobs: dict[int, dict] = {}
+        self.pending: list[dict] = []  # the rest of a job.updates frame, handed out one by one
 
     async def connect(self, *, resume: bool = False, timeout: float = 10):
         from websockets.asyncio.client import connect
@@ -303,7 +304,11 @@ class Browser:
     async def next(self, timeout: float = 10) -> dict:
         import asyncio
 
-        message = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        if not self.pending:
+            frame = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+            # As the dashboard's script does: a batch frame is its updates, in order.
+            self.pending = list(frame["updates"]) if frame["type"] == "job.updates" else [frame]
+        message = self.pending.pop(0)
         if message["type"] == "job.update":
             self.seq = max(self.seq, message["seq"] or 0)
             self.jobs[message["job"]["id"]] = message["job"]
