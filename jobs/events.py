@@ -6,11 +6,14 @@ layer (embedded mode) that loop is the ASGI server's own loop, because the in-me
 queues may only be touched from the loop its consumers wait on. The layer is at-most-once: a send
 that fails (Redis down) is logged and dropped; the database is the record and browsers resume.
 
-Under load, job updates are batched per group: the first change of a group goes out at once; more
-changes of that group within LAUNCHER_WS_BATCH_MS wait for the window's end and go out as one
-group message, `{"type": "job.updates", "updates": [...]}`, which consumers send as one frame. At
-50 changes a second that is 5 messages per socket instead of 50: each delivery to each socket costs
-a consumer wake-up and a socket write, and those, not the changes, limit fan-out (bench/fanout.py).
+Under load, job updates are batched per group, with a token bucket: a group may send
+LAUNCHER_WS_FRAMES_PER_SECOND frames a second (and as many at once after a quiet second). A job
+update that finds a token goes out at once; one that does not waits, with any that follow, for the
+next token, and they go out together as one group message, `{"type": "job.updates", "updates":
+[...]}`, which consumers send as one frame. At 50 changes a second a socket then gets 5 frames a
+second instead of 50 (each delivery to each socket costs a consumer wake-up and a socket write, and
+those, not the changes, limit fan-out: bench/fanout.py), while changes a few hundred ms apart, the
+usual case, are never held back.
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ class _Publisher:
         self._in_flight = 0
         self._idle = threading.Condition(self._lock)
         self._batches: dict[str, list[dict]] = {}  # group -> job updates waiting for its window's end
-        self._last_sent: dict[str, float] = {}  # group -> loop time of its last job update sent
+        self._buckets: dict[str, tuple[float, float]] = {}  # group -> (frame tokens, loop time they were counted)
         self._batch_loop: asyncio.AbstractEventLoop | None = None  # the loop _batches' timers run on
 
     def submit(self, layer, group: str, message: dict) -> None:
@@ -124,38 +127,43 @@ class _Publisher:
         except RuntimeError:  # the loop closed between the check and the call
             self._done(1)
 
-    # On the publisher's loop from here on: _batches and _last_sent are only touched there.
+    # On the publisher's loop from here on: _batches and _buckets are only touched there.
 
     def _route(self, loop, layer, group: str, message: dict) -> None:
         if loop is not self._batch_loop:  # a new server loop (embedded tests): the old one's timers died with it
             lost = sum(len(batch) for batch in self._batches.values())
-            self._batch_loop, self._batches, self._last_sent = loop, {}, {}
+            self._batch_loop, self._batches, self._buckets = loop, {}, {}
             if lost:
                 self._done(lost)
-        if message.get("type") != "job.update":
+        rate = settings.LAUNCHER_WS_FRAMES_PER_SECOND
+        if message.get("type") != "job.update" or not rate:
             self._spawn(loop, layer, group, message, 1)
             return
-        now, window = loop.time(), settings.LAUNCHER_WS_BATCH_MS / 1000
         batch = self._batches.get(group)
-        if batch is None and now - self._last_sent.get(group, float("-inf")) >= window:
-            self._mark_sent(group, now)
+        if batch is not None:  # a flush is already scheduled
+            batch.append(message)
+            return
+        tokens = self._refill(group, loop.time(), rate)
+        if tokens >= 1:
+            self._buckets[group] = (tokens - 1, loop.time())
             self._spawn(loop, layer, group, message, 1)
             return
-        if batch is None:
-            batch = self._batches[group] = []
-            loop.call_at(self._last_sent[group] + window, self._flush, loop, layer, group)
-        batch.append(message)
+        self._batches[group] = [message]
+        loop.call_later((1 - tokens) / rate, self._flush, loop, layer, group)
 
     def _flush(self, loop, layer, group: str) -> None:
         batch = self._batches.pop(group)
-        self._mark_sent(group, loop.time())
+        now = loop.time()
+        self._buckets[group] = (max(0.0, self._refill(group, now, settings.LAUNCHER_WS_FRAMES_PER_SECOND) - 1), now)
         message = batch[0] if len(batch) == 1 else {"type": "job.updates", "updates": batch}
         self._spawn(loop, layer, group, message, len(batch))
 
-    def _mark_sent(self, group: str, now: float) -> None:
-        self._last_sent[group] = now
-        if len(self._last_sent) > 1000:  # one entry per job group: forget the quiet ones
-            self._last_sent = {g: t for g, t in self._last_sent.items() if now - t < settings.LAUNCHER_WS_BATCH_MS / 1000}
+    def _refill(self, group: str, now: float, rate: int) -> float:
+        """The group's tokens now: a full bucket holds `rate` (one second's worth, the burst)."""
+        if len(self._buckets) > 1000:  # one bucket per job group: forget the full ones
+            self._buckets = {g: b for g, b in self._buckets.items() if b[0] + (now - b[1]) * rate < rate}
+        tokens, stamp = self._buckets.get(group, (rate, now))
+        return min(rate, tokens + (now - stamp) * rate)
 
     def _spawn(self, loop, layer, group: str, message: dict, count: int) -> None:
         loop.create_task(self._send(layer, group, message)).add_done_callback(lambda _: self._done(count))
@@ -179,7 +187,7 @@ class _Publisher:
                 self._loop = asyncio.new_event_loop()
                 self._pid = os.getpid()
                 self._in_flight = 0
-                self._batch_loop, self._batches, self._last_sent = None, {}, {}  # a forked child's copies
+                self._batch_loop, self._batches, self._buckets = None, {}, {}  # a forked child's copies
                 threading.Thread(target=self._loop.run_forever, name="channel-publisher", daemon=True).start()
             return self._loop
 

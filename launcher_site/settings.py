@@ -226,8 +226,8 @@ LAUNCHER_RUN_WATCHERS = env_bool("LAUNCHER_RUN_WATCHERS", LAUNCHER_EMBEDDED)
 # Websocket heartbeat interval; proxies close idle sockets after ~30-60 s, browsers notice a dead server.
 LAUNCHER_WS_HEARTBEAT_SECONDS = env_int("LAUNCHER_WS_HEARTBEAT_SECONDS", 20, minimum=1, maximum=25)
 # A browser resuming more than this many job events behind gets one snapshot instead of each change.
-# A site's (or job's) changes within this window after one was pushed go out together as one frame.
-LAUNCHER_WS_BATCH_MS = env_int("LAUNCHER_WS_BATCH_MS", 200, minimum=0, maximum=1000)
+# Frames a second per site (or job) group, bursts of as many; changes beyond go out batched (0: off).
+LAUNCHER_WS_FRAMES_PER_SECOND = env_int("LAUNCHER_WS_FRAMES_PER_SECOND", 5, minimum=0)
 LAUNCHER_WS_RESUME_MAX_EVENTS = env_int("LAUNCHER_WS_RESUME_MAX_EVENTS", 1000, minimum=1)
 # Threads per watcher recording observations of different workloads in parallel (each workload's
 # observations stay in order); an exit costs engine calls (logs tail, removal) and a database write.

@@ -207,7 +207,8 @@ async def test_a_lost_push_is_caught_up_within_two_heartbeats(site_jobs, setting
 
 
 
-async def test_a_burst_of_changes_arrives_batched_in_order_each_once(site_jobs):
+async def test_a_burst_of_changes_arrives_batched_in_order_each_once(site_jobs, settings):
+    settings.LAUNCHER_WS_FRAMES_PER_SECOND = 1  # a bucket of one frame: the burst's first change uses it
     site, jobs, _, cookies = site_jobs
     communicator, _, _ = await connect("/ws/sites/site-1/jobs/", cookies["viewer"])
     burst = [(jobs[0].pk, JobState.STARTING), (jobs[1].pk, JobState.STARTING), (jobs[0].pk, JobState.RUNNING),
@@ -218,7 +219,7 @@ async def test_a_burst_of_changes_arrives_batched_in_order_each_once(site_jobs):
     frames = []
     while sum(len(f.get("updates", [f])) for f in frames) < len(burst):
         frames.append(await receive(communicator))
-    # The first change goes out at once; the ones within the next 200 ms arrive as one frame.
+    # The first change goes out at once; the others wait for the next token and arrive as one frame.
     assert frames[0]["type"] == "job.update" and len(frames) < len(burst)
     assert any(f["type"] == "job.updates" for f in frames)
     updates = [u for f in frames for u in f.get("updates", [f])]
@@ -229,8 +230,9 @@ async def test_a_burst_of_changes_arrives_batched_in_order_each_once(site_jobs):
     await communicator.disconnect()
 
 
-async def test_with_batching_off_every_change_is_its_own_frame(site_jobs, settings):
-    settings.LAUNCHER_WS_BATCH_MS = 0
+@pytest.mark.parametrize("frames_per_second", [0, 5])  # batching off; a burst within the bucket
+async def test_changes_go_out_at_once_each_its_own_frame(site_jobs, settings, frames_per_second):
+    settings.LAUNCHER_WS_FRAMES_PER_SECOND = frames_per_second
     _, jobs, _, cookies = site_jobs
     communicator, _, _ = await connect("/ws/sites/site-1/jobs/", cookies["viewer"])
     for job in jobs:
