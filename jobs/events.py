@@ -105,7 +105,7 @@ class _Publisher:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._idle = threading.Condition(self._lock)
-        self._batches: dict[str, list[dict]] = {}  # group -> job updates waiting for its window's end
+        self._batches: dict[str, list[dict]] = {}  # group -> job updates waiting for its next token
         self._buckets: dict[str, tuple[float, float]] = {}  # group -> (frame tokens, loop time they were counted)
         self._batch_loop: asyncio.AbstractEventLoop | None = None  # the loop _batches' timers run on
 

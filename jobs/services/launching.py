@@ -74,8 +74,9 @@ def job_apply_observation(
     site_pk: int | None = None,
 ) -> Job | None:
     """Record what a backend saw. After a terminal state has committed, the workload's logs tail is
-    saved (when the observation carried none) and then the workload is removed, off this thread. Without `job`, the job is found by the
-    workload's label (restricted to `site_pk` when given); None when no job claims it."""
+    saved (when the observation carried none) and then the workload is removed, off this thread.
+    Without `job`, the job is found by the workload's label (restricted to `site_pk` when given);
+    None when no job claims it."""
     if job is None:
         job = _job_for(observation, site_pk)
         if job is None:

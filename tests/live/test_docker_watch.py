@@ -4,6 +4,7 @@ in the right state exactly once. And a container removed by hand is lost within 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -151,11 +152,21 @@ def launched(site, job_id: str):
     return job
 
 
-def test_watcher_reconnects_after_the_daemon_connection_drops_and_records_the_missed_exit(docker_site, proxy, daemon):
-    watcher = SiteWatcher(docker_site.pk, docker_site.name)
+@contextlib.contextmanager
+def watching(site):
+    """The site's watcher, streaming, for the block; stopped after it."""
+    watcher = SiteWatcher(site.pk, site.name)
     watcher.start()
     try:
         wait_until(watcher.connected.is_set, timeout=20, message="the watcher to connect")
+        yield watcher
+    finally:
+        watcher.stop.set()
+        watcher.join(15)
+
+
+def test_watcher_reconnects_after_the_daemon_connection_drops_and_records_the_missed_exit(docker_site, proxy, daemon):
+    with watching(docker_site) as watcher:
         job = launched(docker_site, "dk-1")
         wait_until(lambda: job_state(job.pk) == "running", timeout=20, message="the job to run")
 
@@ -170,9 +181,6 @@ def test_watcher_reconnects_after_the_daemon_connection_drops_and_records_the_mi
         wait_until(lambda: job_state(job.pk) == "failed", timeout=45, message="the exit to be recorded")
         wait_until(lambda: watcher.connects >= 2 and watcher.connected.is_set(), timeout=10,
                    message="the watcher to be streaming again")
-    finally:
-        watcher.stop.set()
-        watcher.join(15)
     job.refresh_from_db()
     assert job.exit_code == 137 and job.return_code == 1
     changes = transitions(job.pk)
@@ -182,19 +190,13 @@ def test_watcher_reconnects_after_the_daemon_connection_drops_and_records_the_mi
 def test_exit_is_recorded_first_then_its_logs_tail_saved_then_the_container_removed(docker_site, daemon, settings):
     settings.LAUNCHER_LOG_FOLLOWERS = 0
     Site.objects.filter(pk=docker_site.pk).update(docker={**docker_site.docker, "default_job_env": {"FAKE_SLEEP": "1"}})
-    watcher = SiteWatcher(docker_site.pk, docker_site.name)
-    watcher.start()
-    try:
-        wait_until(watcher.connected.is_set, timeout=20, message="the watcher to connect")
+    with watching(docker_site):
         job = launched(docker_site, "dk-tail")
         wait_until(lambda: job_state(job.pk) == "succeeded", timeout=30, message="the exit to be recorded")
         wait_until(lambda: "FAKE-PYTHON ARGV" in Job.objects.get(pk=job.pk).logs_tail, timeout=20,
                    message="the logs tail to be saved")
         wait_until(lambda: not daemon.containers.list(all=True, filters={"name": job.handle["ref"]}), timeout=20,
                    message="the container to be removed")
-    finally:
-        watcher.stop.set()
-        watcher.join(15)
     changes = transitions(job.pk)
     assert len(changes) == len(set(changes)) and changes[-1][1] == "succeeded"
 
