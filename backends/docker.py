@@ -38,7 +38,9 @@ from backends.base import (
     ReturnCode,
 )
 from backends.docker_mounts import confined_source, ensure_job_dir, workspace_dir
-from backends.docker_observe import STREAM_ACTIONS, event_key, observation_from_container, observation_from_event
+from backends.docker_observe import (
+    STREAM_ACTIONS, event_key, observation_from_container, observation_from_event, observation_from_summary,
+)
 from backends.docker_prepare import launch_spec_for
 from backends.docker_specs import DockerSiteConfig, create_kwargs
 
@@ -185,10 +187,22 @@ class DockerBackend(Backend):
         return observation_from_container(container.attrs, terminated=container.name in self._terminated, logs_tail=tail)
 
     def list_managed(self) -> list[Observation]:
+        """One list call; an inspect (and a logs read) only for containers that have ended, which
+        the watcher removes soon after. So a reconcile of N running jobs costs one call, not N + 1
+        (the SDK's containers.list inspects every container it lists)."""
         filters = {"label": [f"{LABEL_MANAGED_BY}={MANAGED_BY}", f"{LABEL_SITE}={self.site}"]}
         with self._errors("list containers"):
-            containers = self._docker().containers.list(all=True, filters=filters, ignore_removed=True)
-            return [self._observe(c) for c in containers]
+            client = self._docker()
+            observations = []
+            for summary in client.api.containers(all=True, filters=filters):
+                observation = observation_from_summary(summary)
+                if observation is None:
+                    try:
+                        observation = self._observe(client.containers.get(summary["Id"]))
+                    except NotFound:  # removed between the list and the inspect
+                        continue
+                observations.append(observation)
+            return observations
 
     def terminate(self, handle: Handle) -> Observation:
         """Stop at once (SIGKILL after no grace). Idempotent: a missing container is aborted (9);

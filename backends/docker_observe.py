@@ -66,6 +66,21 @@ def observation_from_container(
                        reason=reason, message=message, at=at, logs_tail=logs_tail)
 
 
+def observation_from_summary(summary: Mapping[str, Any]) -> Observation | None:
+    """Map one entry of the container list (`GET /containers/json`, no inspect) for a container that
+    has not ended; None for one that has (its exit code, OOM flag and finish time need an inspect)."""
+    status = summary.get("State", "")
+    if status in ("exited", "dead"):
+        return None
+    names = summary.get("Names") or [""]
+    common = {"ref": str(names[0]).lstrip("/"), "job_pk": (summary.get("Labels") or {}).get(LABEL_JOB_PK)}
+    if status in RUNNING_STATUSES:
+        return Observation(**common, state=JobState.RUNNING, message=status)
+    if status in STARTING_STATUSES:
+        return Observation(**common, state=JobState.STARTING, message=status, at=summary.get("Created"))
+    return Observation(**common, state=JobState.STARTING, message=f"Docker status {status!r}")
+
+
 STREAM_ACTIONS = ("create", "start", "die", "oom", "destroy")
 
 

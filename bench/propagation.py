@@ -582,8 +582,8 @@ def docker_report(rows: list[dict], reconcile_s: int) -> None:
         print(f"  poller: {row['poller_calls']} inspects over {row['poll_window_s']:.1f} s "
               f"({sum(row['poll_all'].values())} requests at proxy B: {dict(row['poll_all'])}); seen {dict(row['poller_how'])}; "
               f"slowest round {row['poller_round_max_s'] * 1000:.0f} ms")
-        print(f"  reconcile lists seen: {row['lists']} (every LAUNCHER_RECONCILE_SECONDS={reconcile_s}s, each followed by "
-              f"one inspect per listed container: the SDK's containers.list is not sparse)")
+        print(f"  reconcile lists seen: {row['lists']} (every LAUNCHER_RECONCILE_SECONDS={reconcile_s}s, each one list "
+              f"call, plus an inspect only for containers that have ended)")
 
 
 def docker_site(tmp: Path, docker_host: str):

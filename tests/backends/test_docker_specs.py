@@ -9,6 +9,7 @@ from backends.base import LABEL_JOB_PK, InvalidJobSpec, JobState, LaunchSpec
 from backends.docker_observe import (
     observation_from_container,
     observation_from_event,
+    observation_from_summary,
     parse_docker_time,
     return_code_for_exit,
 )
@@ -325,6 +326,20 @@ def test_observation_from_container_states(status, exit_code, state, code):
     if state.is_terminal:
         assert observation.exit_code == exit_code
         assert observation.logs_tail == "tail"
+
+
+@pytest.mark.parametrize(("status", "state"), [
+    ("created", JobState.STARTING), ("restarting", JobState.STARTING), ("running", JobState.RUNNING),
+    ("paused", JobState.RUNNING), ("removing", JobState.STARTING), ("exited", None), ("dead", None),
+])
+def test_observation_from_a_container_list_entry(status, state):
+    summary = {"Id": "abc", "Names": ["/site-1-job-1"], "State": status, "Status": "Up 3 seconds",
+               "Created": 1735787045, "Labels": {LABEL_JOB_PK: "42"}}
+    observation = observation_from_summary(summary)
+    if state is None:  # ended: the exit code and OOM flag need an inspect
+        assert observation is None
+    else:
+        assert (observation.ref, observation.job_pk, observation.state) == ("site-1-job-1", "42", state)
 
 
 def test_observation_times():
