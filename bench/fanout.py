@@ -1,9 +1,14 @@
 """Websocket fan-out: 500 browsers watching one site over 2 web processes (Redis channel layer),
 50 job updates per second applied through the one door (job_observe: a database write, then one
 publish). Reports delivery latency (update applied -> message at the client) and the web
-processes' CPU and memory. Loopback only; stops by itself.
+processes' CPU and memory, and the load generator's (clients and driver share the 2 cores).
+Loopback only; stops by itself. Frames carrying several updates (`job.updates`, see jobs.events)
+count every update in them.
 
-    .venv/bin/python bench/fanout.py [--clients 500] [--rate 50] [--seconds 10]
+    .venv/bin/python bench/fanout.py [--clients 500] [--rate 50] [--seconds 30]
+
+BENCH_BUCKETS=1 adds p50/p99 per second of the run (where the tail comes from); BENCH_PYSPY=1
+(py-spy on PATH) samples each web process's GIL holder during the run into /tmp/fanout-spy-N.txt.
 """
 
 from __future__ import annotations
