@@ -195,7 +195,7 @@ def test_exit_is_recorded_first_then_its_logs_tail_saved_then_the_container_remo
         wait_until(lambda: job_state(job.pk) == "succeeded", timeout=30, message="the exit to be recorded")
         wait_until(lambda: "FAKE-PYTHON ARGV" in Job.objects.get(pk=job.pk).logs_tail, timeout=20,
                    message="the logs tail to be saved")
-        wait_until(lambda: not daemon.containers.list(all=True, filters={"name": job.handle["ref"]}), timeout=20,
+        wait_until(lambda: not daemon.api.containers(all=True, filters={"name": job.handle["ref"]}), timeout=20,
                    message="the container to be removed")
     changes = transitions(job.pk)
     assert len(changes) == len(set(changes)) and changes[-1][1] == "succeeded"
@@ -212,7 +212,7 @@ def test_leftover_of_a_finished_job_gets_its_logs_tail_before_removal(docker_sit
     wait_until(lambda: daemon.containers.get(ref).status == "exited", timeout=20, message="the container to exit")
     site_reconcile(site=docker_site)
     assert "FAKE-PYTHON ARGV" in Job.objects.get(pk=job.pk).logs_tail
-    assert not daemon.containers.list(all=True, filters={"name": ref})
+    assert not daemon.api.containers(all=True, filters={"name": ref})
 
 
 def test_container_removed_by_hand_is_lost_within_one_reconcile(docker_site, daemon):
