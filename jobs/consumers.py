@@ -1,10 +1,12 @@
 """Websocket consumers: authenticate, authorise, join a group, forward.
 
 They accept no commands, with one exception: the resume handshake. After (re)connecting, the
-browser may send `{"type": "resume", "seq": <last seq seen>}` once and receives what it missed
-(jobs.services.resume). Anything else a client sends is ignored. A refused connection is accepted
-and closed at once with 4401 (not logged in) or 4403 (may not see that site), so the browser can
-tell the two from a network error; nothing else is sent. A heartbeat goes out every
+browser may send `{"type": "resume", "seq": <it holds every change up to here>, "jobs": {"<job id>":
+<the latest seq it holds of that job, for jobs changed after seq>}}` once and receives what it
+missed (jobs.services.resume). Heartbeats then tell it how far it holds everything (their `seq`),
+which keeps its `jobs` short. Anything else a client sends is ignored. A refused connection is
+accepted and closed at once with 4401 (not logged in) or 4403 (may not see that site), so the
+browser can tell the two from a network error; nothing else is sent. A heartbeat goes out every
 LAUNCHER_WS_HEARTBEAT_SECONDS so proxies keep the socket open and clients notice a dead server.
 
 The channel layer is at-most-once (a Redis outage drops pushes). So that an open socket does not
@@ -43,6 +45,7 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
         self.sent: dict[int, int] = {}  # job pk -> highest seq sent, so resume and live never repeat
         self.live_seqs = array("q")  # seqs of live messages since the last catch-up window (see _catch_up)
         self.resumed = False
+        self.answered = False  # the resume handshake has been answered
         self.heartbeat: asyncio.Task | None = None
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -92,11 +95,23 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
             return
         if isinstance(content, dict) and content.get("type") == "resume" and not self.resumed:
             self.resumed = True
-            reply = await self.missed_since(content.get("seq"))
-            if reply.snapshot is not None:
-                await self._send_snapshot(reply.snapshot)
-            for message in reply.updates:
-                await self._forward(message)
+            await self._resume(content.get("seq"), resume.held_seqs(content.get("jobs")))
+
+    async def _resume(self, seq, held: dict[int, int] | None) -> None:
+        if held is None:
+            seq = None  # a malformed `jobs` gets a snapshot, as an unknown seq does
+        for pk, job_seq in (held or {}).items():
+            self.sent[pk] = max(self.sent.get(pk, 0), job_seq)  # the page has it: never send it again
+        reply = await self.missed_since(seq)
+        if reply.snapshot is not None:
+            await self._send_snapshot(reply.snapshot)
+        else:
+            # The first catch-up looks back to `seq`: a change committed just after the answer was
+            # read, whose push then got lost, is still sent.
+            self.checked_before = min(self.checked_before, seq)
+        for message in reply.updates:
+            await self._forward(message)
+        self.answered = True
 
     def _fresh(self, pk: int, seq: int | None) -> bool:
         """Not yet sent through the other path (live vs resume); notes it as sent."""
@@ -140,7 +155,15 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
                 await asyncio.sleep(delay)
                 delay = interval
                 await self._catch_up()
-                await self.send_json({"type": "heartbeat"})
+                await self.send_json(self._heartbeat())
+
+    def _heartbeat(self) -> dict:
+        # After a catch-up this socket has been sent every change of its scope up to checked_before
+        # (the resume answer, then live or caught up); the page may resume from there. Only a page
+        # that resumed holds what came before its connect.
+        if self.answered:
+            return {"type": "heartbeat", "seq": self.checked_before}
+        return {"type": "heartbeat"}
 
     async def _catch_up(self) -> None:
         # The window is (the check before last, the last check]: every change in it was committed

@@ -1,9 +1,14 @@
 """What a reconnecting browser missed: the resume handshake of the websocket consumers.
 
-Sequence numbers are JobEvent ids (one global sequence). A client that saw everything up to `seq`
-gets one job.update per job changed since then (current payload, that job's latest seq), oldest
-change first; when it is too far behind (or names a seq this database never issued) it gets one
-snapshot instead.
+Sequence numbers are JobEvent ids (one global sequence). A client that holds every change up to
+`seq`, plus the later seqs it holds per job (`known`), gets one job.update per job changed since
+then whose latest seq it does not hold (current payload, that job's latest seq), oldest change
+first; when it is too far behind (or names a seq this database never issued) it gets one snapshot
+instead.
+
+Why per job and not just the highest seq seen: web, worker and watcher processes publish on their
+own, so a higher seq can reach the browser before a lower one, and the lower one is lost if its
+publisher dies. Resuming from the highest seq seen would skip it for good.
 """
 
 from __future__ import annotations
@@ -63,6 +68,20 @@ def _missed(jobs, since: int, until: int, known: Mapping[int, int], received: in
     if JobEvent.objects.filter(job__in=jobs, id__gt=since, id__lte=until).count() == received:
         return ResumeReply(last=latest_seq())
     return ResumeReply(updates=_updates(jobs, since, known, until), last=latest_seq())
+
+
+def held_seqs(raw) -> dict[int, int] | None:
+    """The resume message's `jobs` ({"<job pk>": seq}) as a dict, or None when it is not one."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or len(raw) > settings.LAUNCHER_WS_RESUME_MAX_EVENTS:
+        return None  # a page holding more changes than that is too far behind to resume anyway
+    held = {}
+    for key, seq in raw.items():
+        if not (isinstance(key, str) and key.isdigit() and isinstance(seq, int)) or isinstance(seq, bool):
+            return None
+        held[int(key)] = seq
+    return held
 
 
 def latest_seq() -> int:

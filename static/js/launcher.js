@@ -28,11 +28,22 @@
     return fmtDuration((end - new Date(started)) / 1000);
   }
 
-  // A websocket that reconnects by itself with capped, jittered backoff, resumes from the last
-  // sequence number it saw, and shows its state in the #live indicator.
+  // A websocket that reconnects by itself with capped, jittered backoff, resumes with what the page
+  // holds, and shows its state in the #live indicator. The page holds every change up to `seq`
+  // (the page's own, then the server's snapshots and heartbeats say so) and, per job, the latest
+  // seq it got after that: changes come from several server processes, so a lower seq can still be
+  // on its way when a higher one arrives, and the server must know which jobs the page is missing.
   function live(path, options) {
     const indicator = document.getElementById("live");
     let seq = Number(options.seq) || 0;
+    const held = {};  // job id -> latest seq received, for jobs changed after `seq`
+
+    function holdUpTo(complete) {
+      if (complete <= seq) return;
+      seq = complete;
+      Object.keys(held).forEach(function (id) { if (held[id] <= seq) delete held[id]; });
+    }
+
     let socket = null, attempt = 0, lastMessage = 0, stopped = false;
 
     function show(status, text) {
@@ -51,7 +62,7 @@
         attempt = 0;
         lastMessage = Date.now();
         show("live", "live");
-        socket.send(JSON.stringify({ type: "resume", seq: seq }));
+        socket.send(JSON.stringify({ type: "resume", seq: seq, jobs: held }));
         if (options.onOpen) options.onOpen();
       });
       socket.addEventListener("message", function (event) {
@@ -61,7 +72,13 @@
         // Under load the server sends a site's changes of the last 100 ms as one frame.
         const messages = message.type === "job.updates" ? (message.updates || []) : [message];
         messages.forEach(function (m) {
-          if (typeof m.seq === "number" && m.seq > seq) seq = m.seq;
+          if (m.type === "job.update" && typeof m.seq === "number" && m.seq > seq && m.job) {
+            held[m.job.id] = Math.max(held[m.job.id] || 0, m.seq);
+          } else if ((m.type === "snapshot" || m.type === "heartbeat") && typeof m.seq === "number") {
+            // A change pushed while the snapshot was read is newer than the snapshot's row.
+            if (m.type === "snapshot") m.jobs = (m.jobs || []).filter(function (j) { return !(held[j.id] > m.seq); });
+            holdUpTo(m.seq);
+          }
           if (m.type !== "heartbeat") options.onMessage(m);
         });
       });

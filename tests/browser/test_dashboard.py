@@ -6,6 +6,7 @@ saves a screenshot into $LAUNCHER_TEST_OUTPUT/browser/.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
@@ -157,6 +158,71 @@ def test_a_launched_job_moves_through_its_states_live_on_the_overview(new_page):
     assert overview.evaluate("window.__notReloaded") is True
     assert [s for s in states if s in ("starting", "running", "succeeded")] == ["starting", "running", "succeeded"], states
     shot(overview, "overview-live")
+
+
+def test_a_reconnecting_overview_gets_the_change_whose_push_it_never_received(new_page):
+    """Web, worker and watcher push on their own, so a page can get a change with a higher seq
+    while one with a lower seq is lost (its publisher died). Here a proxy in the browser drops
+    every frame about one job, then cuts the socket right after a later job's first change: the
+    page must resume with what it holds per job, not just the highest seq it saw, and the server
+    must send the lost job's state."""
+    lost_id, later_id = f"lost-{uuid.uuid4().hex[:8]}", f"later-{uuid.uuid4().hex[:8]}"
+    dropped_seqs, resumes, cut = [], [], []
+
+    def frames_without_lost(text: str) -> str | None:
+        message = json.loads(text)
+        updates = message["updates"] if message.get("type") == "job.updates" else [message]
+        kept = []
+        for update in updates:
+            if update.get("type") == "job.update" and update["job"]["job_id"] == lost_id:
+                dropped_seqs.append(update["seq"])
+            else:
+                kept.append(update)
+        if not kept:
+            return None
+        return json.dumps(kept[0] if len(kept) == 1 else {"type": "job.updates", "updates": kept})
+
+    def proxy(route):
+        server = route.connect_to_server()
+
+        def from_page(text):
+            if json.loads(text).get("type") == "resume":
+                resumes.append(json.loads(text))
+            server.send(text)
+
+        def from_server(text):
+            if cut:  # the reconnected socket gets everything
+                route.send(text)
+                return
+            forward = frames_without_lost(text)
+            if forward is not None:
+                route.send(forward)
+            if later_id in text:  # the later job's first change is through: cut the socket
+                cut.append(True)
+                route.close()
+                server.close()
+
+        route.on_message(from_page)
+        server.on_message(from_server)
+
+    overview = new_page(user="alice")
+    overview.route_web_socket(re.compile(r"/ws/sites/site-a/jobs/$"), proxy)
+    overview.goto("/sites/site-a/")
+    expect(overview.locator("#live")).to_have_text("live")
+    launcher = overview.context.new_page()
+    launch(launcher, lost_id, set_options="sleep=25", study="preset")
+    expect(launcher.locator("#job-state")).to_have_text("running", timeout=20000)
+    assert overview.locator("#jobs tbody tr", has_text=lost_id).count() == 0  # its pushes were dropped
+    launch(launcher, later_id, set_options="sleep=0.5", study="preset")
+
+    # The lost job's next change is 25 s away: "running" can only come from the resume answer.
+    expect(overview.locator("#jobs tbody tr", has_text=lost_id)).to_have_attribute("data-state", "running",
+                                                                                  timeout=10000)
+    assert cut and len(resumes) == 2, resumes
+    assert dropped_seqs and resumes[1]["seq"] < min(dropped_seqs), (resumes, dropped_seqs)
+    assert all(seq > resumes[1]["seq"] for seq in resumes[1]["jobs"].values())
+    expect(overview.locator("#jobs tbody tr", has_text=later_id)).to_have_attribute("data-state", "succeeded",
+                                                                                   timeout=20000)
 
 
 def test_job_page_shows_log_lines_as_they_arrive_escaped(new_page):

@@ -267,7 +267,8 @@ def live_redis(redis_server, settings):
 
 class Browser:
     """A websocket client that behaves like the dashboard's script: logged in with a session
-    cookie, remembers the last seq it saw, and resumes from it when it reconnects."""
+    cookie, it holds every change up to `seq` (raised by snapshots and heartbeats) and, per job,
+    the latest seq it got after that (`held`); it resumes with both when it reconnects."""
 
     def __init__(self, base: str, path: str, cookie: str):
         self.url = base.replace("http://", "ws://") + path
@@ -275,6 +276,7 @@ class Browser:
         self.cookie = cookie
         self.ws = None
         self.seq = 0
+        self.held: dict[int, int] = {}
         self.jobs: dict[int, dict] = {}
         self.pending: list[dict] = []  # the rest of a job.updates frame, handed out one by one
 
@@ -284,7 +286,8 @@ class Browser:
         self.ws = await connect(self.url, origin=self.origin, additional_headers={"Cookie": self.cookie},
                                 open_timeout=timeout, ping_interval=None)
         if resume:
-            await self.ws.send(json.dumps({"type": "resume", "seq": self.seq}))
+            await self.ws.send(json.dumps({"type": "resume", "seq": self.seq,
+                                           "jobs": {str(pk): seq for pk, seq in self.held.items()}}))
         return self
 
     async def reconnect(self, *, timeout: float = 30):
@@ -310,12 +313,21 @@ class Browser:
             self.pending = list(frame["updates"]) if frame["type"] == "job.updates" else [frame]
         message = self.pending.pop(0)
         if message["type"] == "job.update":
-            self.seq = max(self.seq, message["seq"] or 0)
-            self.jobs[message["job"]["id"]] = message["job"]
+            pk = message["job"]["id"]
+            if message["seq"] is not None and message["seq"] > self.seq:
+                self.held[pk] = max(self.held.get(pk, 0), message["seq"])
+            self.jobs[pk] = message["job"]
         elif message["type"] == "snapshot":
-            self.seq = max(self.seq, message["seq"])
-            self.jobs.update({job["id"]: job for job in message["jobs"]})
+            self.jobs.update({job["id"]: job for job in message["jobs"] if self.held.get(job["id"], 0) <= message["seq"]})
+            self._hold_up_to(message["seq"])
+        elif message["type"] == "heartbeat" and "seq" in message:
+            self._hold_up_to(message["seq"])
         return message
+
+    def _hold_up_to(self, seq: int) -> None:
+        if seq > self.seq:
+            self.seq = seq
+            self.held = {pk: held for pk, held in self.held.items() if held > seq}
 
     async def until(self, predicate, timeout: float = 20) -> dict:
         """Read messages until predicate(self) holds."""

@@ -11,6 +11,7 @@ from backends.base import JobState
 from jobs import events
 from jobs.models import Job, JobEvent, Role, Site, SiteMembership
 from jobs.services.lifecycle import job_observe
+from jobs.services.resume import latest_seq as resume_latest_seq
 from launcher_site.asgi import application
 from tests.live.conftest import session_cookie, ws_headers
 
@@ -141,6 +142,46 @@ async def test_resume_sends_exactly_the_missed_changes_in_order(site_jobs):
     await communicator.disconnect()
 
 
+async def test_resume_sends_a_lower_seq_the_page_never_got_and_nothing_it_holds(site_jobs):
+    """Processes publish on their own: a page can hold j1's change while j0's earlier one never
+    reached it (its publisher died). Resuming from the highest seq seen would skip j0 for good."""
+    _, jobs, _, cookies = site_jobs
+    await observe(jobs[2].pk, JobState.STARTING)
+    holds_all_up_to = (await JobEvent.objects.alast()).pk
+    await observe(jobs[0].pk, JobState.STARTING)  # its push never arrived
+    await observe(jobs[1].pk, JobState.STARTING)  # this one did
+    j1_seq = (await JobEvent.objects.alast()).pk
+    communicator, _, _ = await connect("/ws/sites/site-1/jobs/", cookies["viewer"])
+    await communicator.send_json_to({"type": "resume", "seq": holds_all_up_to, "jobs": {str(jobs[1].pk): j1_seq}})
+    message = await receive(communicator)
+    assert (message["job"]["job_id"], message["job"]["state"]) == ("j0", "starting")
+    assert message["seq"] == j1_seq - 1
+    assert await communicator.receive_nothing(timeout=0.3)
+    # A late push of what the page already holds is not forwarded either.
+    await sync_to_async(events.publish_job)(jobs[1].pk, seq=j1_seq)
+    assert await communicator.receive_nothing(timeout=0.3)
+    await communicator.disconnect()
+
+
+async def test_heartbeats_after_a_resume_say_how_far_the_page_holds_everything(site_jobs, settings):
+    settings.LAUNCHER_WS_HEARTBEAT_SECONDS = 1
+    _, jobs, _, cookies = site_jobs
+    communicator, _, _ = await connect("/ws/sites/site-1/jobs/", cookies["viewer"])
+    await communicator.send_json_to({"type": "resume", "seq": await sync_to_async(resume_latest_seq)()})
+    await observe(jobs[0].pk, JobState.STARTING)
+    change = (await JobEvent.objects.alast()).pk
+    got, marks = [], []
+    while not marks or marks[-1] < change:
+        message = await receive(communicator, timeout=3)
+        if message["type"] == "heartbeat":
+            marks.append(message["seq"])
+        else:
+            got.append(message["seq"])
+    # Never ahead of what was sent: the change came before the heartbeat that covers it.
+    assert got == [change] and marks == sorted(marks)
+    await communicator.disconnect()
+
+
 async def test_resume_with_nothing_missed_sends_nothing(site_jobs):
     _, jobs, _, cookies = site_jobs
     await observe(jobs[0].pk, JobState.STARTING)
@@ -151,7 +192,7 @@ async def test_resume_with_nothing_missed_sends_nothing(site_jobs):
     await communicator.disconnect()
 
 
-@pytest.mark.parametrize("seq", ["too-old", -1, "junk", 10**12])
+@pytest.mark.parametrize("seq", ["too-old", -1, "junk", 10**12, "bad-jobs"])
 async def test_resume_too_far_behind_or_unknown_gets_a_snapshot(site_jobs, settings, seq):
     settings.LAUNCHER_WS_RESUME_MAX_EVENTS = 3
     _, jobs, _, cookies = site_jobs
@@ -160,7 +201,11 @@ async def test_resume_too_far_behind_or_unknown_gets_a_snapshot(site_jobs, setti
         await observe(jobs[0].pk, state, return_code=0)
     await observe(jobs[1].pk, JobState.STARTING)
     communicator, _, _ = await connect("/ws/sites/site-1/jobs/", cookies["viewer"])
-    await communicator.send_json_to({"type": "resume", "seq": before if seq == "too-old" else seq})
+    if seq == "bad-jobs":  # a valid seq, but per-job seqs that are not {"<job id>": seq}
+        resume_message = {"type": "resume", "seq": (await JobEvent.objects.alast()).pk, "jobs": {"j0": "x"}}
+    else:
+        resume_message = {"type": "resume", "seq": before if seq == "too-old" else seq}
+    await communicator.send_json_to(resume_message)
     message = await receive(communicator)
     assert message["type"] == "snapshot"
     assert message["seq"] == (await JobEvent.objects.alast()).pk
