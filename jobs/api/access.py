@@ -82,7 +82,7 @@ def launch_site_for(request, name) -> Site:
     if is_site_token(user):
         if name != user.site.name:
             raise exceptions.PermissionDenied(f"This token belongs to site {user.site.name}; it cannot launch on {name!r}.")
-        return user.site  # loaded with the token, in this request
+        return user.site  # loaded with the token (see jobs.services.tokens.TOKEN_TRUST_SECONDS)
     site = selectors.sites_visible_to(user).filter(name=name).first()
     if site is None:
         raise exceptions.ValidationError({"site": [f"No site named {name!r}."]})

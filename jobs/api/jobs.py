@@ -77,15 +77,13 @@ class JobViewSet(ApiMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
         given.is_valid(raise_exception=True)
         data = given.validated_data
         site = access.launch_site_for(request, data["site"])
-        with transaction.atomic():
-            job, created = job_submit(
-                site=site, job_id=data["job_id"], role=data["role"], job_meta=data["job_meta"],
-                job_args=data["job_args"], set_options=data["set_options"] or None,
-                submitted_by=access.account_of(request), submitted_by_token=access.token_of(request), source="api",
-            )
-            if created:
-                self.audit("job.launch", f"job:{job.pk}", {"site": site.name, "job_id": job.job_id, "study": job.study,
-                                                            "role": job.role})
+        job, created = job_submit(
+            site=site, job_id=data["job_id"], role=data["role"], job_meta=data["job_meta"],
+            job_args=data["job_args"], set_options=data["set_options"] or None,
+            submitted_by=access.account_of(request), submitted_by_token=access.token_of(request), source="api",
+            on_created=lambda job: self.audit("job.launch", f"job:{job.pk}", {
+                "site": site.name, "job_id": job.job_id, "study": job.study, "role": job.role}),
+        )
         return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     @extend_schema(request=None, responses={202: JobSerializer})

@@ -50,6 +50,19 @@ class JobSerializer(serializers.ModelSerializer):
     def get_url(self, job: Job) -> str:
         return f"/api/v1/jobs/{job.pk}/"
 
+    @property
+    def _readable_fields(self):
+        # Building a ModelSerializer's fields (model introspection, deep copies) is two thirds of
+        # serialising a job, which happens for every answer and every push. These fields are
+        # read-only and keep nothing per instance, so one set per class, bound to a first instance
+        # of it, serves them all (a subclass builds its own).
+        cls = type(self)
+        fields = cls.__dict__.get("_shared_fields")
+        if fields is None:
+            fields = [field for field in cls().fields.values() if not field.write_only]
+            cls._shared_fields = fields
+        return fields
+
 
 class JobDetailSerializer(JobSerializer):
     """One job with what was asked (credentials were never stored) and the spec as launched (redacted)."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -62,9 +62,12 @@ def job_submit(
     submitted_by=None,
     submitted_by_token=None,
     source: str = "api",
+    on_created: Callable[[Job], None] | None = None,
 ) -> tuple[Job, bool]:
     """Return (job, created). The same (site, job_id) again returns the existing job and launches
     nothing, also under concurrent submits (the unique constraint decides the winner).
+    `on_created(job)` runs in the transaction that records a new job (the API's audit entry), so
+    that a submit is one transaction, not a savepoint within the caller's.
 
     Raises InvalidJobSpec naming the field; then nothing is stored and nothing launched.
     """
@@ -121,6 +124,8 @@ def job_submit(
                     job=job, from_state=JobState.QUEUED, to_state=JobState.QUEUED, source=source,
                     message=f"study {study!r} is not configured on site {site.name}: no datasets will be mounted",
                 )
+            if on_created is not None:
+                on_created(job)
             seq = event.pk
             transaction.on_commit(lambda: events.publish_job(job.pk, seq=seq, job=job))
             _enqueue_launch(job.pk, credentials)

@@ -5,8 +5,12 @@ import io
 import pytest
 from django.core.management import call_command
 
+from django.utils import timezone
+
 from jobs.models import ApiToken, Site
+from jobs.services import tokens
 from jobs.services.tokens import token_authenticate, token_create, token_hash, token_revoke
+from tests.util import wait_until
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
@@ -32,6 +36,24 @@ def test_revoked_token_no_longer_authenticates(users):
     token, secret = token_create(user=users["viewer"])
     token_revoke(token=token)
     assert token_authenticate(secret) is None
+
+
+def test_a_revoke_takes_effect_at_once_in_this_process_even_for_a_token_just_used(users):
+    token, secret = token_create(user=users["viewer"])
+    assert token_authenticate(secret) is not None
+    token_revoke(token=token)
+    assert token_authenticate(secret) is None
+
+
+def test_a_revoke_elsewhere_takes_effect_after_the_trust_period(users, monkeypatch):
+    monkeypatch.setattr(tokens, "TOKEN_TRUST_SECONDS", 0.3)
+    token, secret = token_create(user=users["viewer"])
+    assert token_authenticate(secret) is not None
+    # Another web process revokes it: this process trusts what it checked a moment ago, then looks again.
+    ApiToken.objects.filter(pk=token.pk).update(revoked_at=timezone.now())
+    assert token_authenticate(secret) is not None
+    wait_until(lambda: token_authenticate(secret) is None, timeout=5, interval=0.05,
+               message="the revoked token to be refused")
 
 
 def test_token_belongs_to_exactly_one_site_or_user(users):

@@ -1,0 +1,68 @@
+"""Django's ASGI handler, with one thread hop per request to a sync view.
+
+With sync middleware, Django's own ASGI handler crosses between the event loop and its sync thread
+four times for every request to a sync view: the request_started signal, the middleware chain, the
+view (the chain calls back into the loop, which hops again), and response.close(). On this 2-core
+machine that plumbing was about a third of the CPU of an API submit (bench/submit.py). Here a
+request whose view is sync runs as under WSGI, signals and middleware and view in one call on the
+sync thread; async views (the long-poll wait) and streaming responses (static files) keep Django's
+own path.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.core import signals
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.base import BaseHandler
+from django.core.exceptions import RequestAborted
+from django.urls import Resolver404, get_resolver, set_script_prefix
+
+
+class OneHopASGIHandler(ASGIHandler):
+    def __init__(self):
+        super().__init__()
+        self.sync_handler = BaseHandler()
+        self.sync_handler.load_middleware(is_async=False)  # the same middleware, as WSGI runs it
+
+    async def handle(self, scope, receive, send):
+        if not self.view_is_sync(scope):
+            return await super().handle(scope, receive, send)
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        response = await sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
+        try:
+            await self.send_response(response, send)
+        finally:
+            if response.streaming:
+                await sync_to_async(response.close)()
+            body_file.close()
+
+    def respond(self, scope, body_file):
+        """On the sync thread: what WSGIHandler.__call__ does, up to the response."""
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, response = self.create_request(scope, body_file)
+        if request is not None:
+            response = self.sync_handler.get_response(request)
+            response._handler_class = self.__class__
+        if not response.streaming:
+            response.close()  # its content is in memory; this sends request_finished
+        return response
+
+    @staticmethod
+    def view_is_sync(scope) -> bool:
+        return _view_is_sync(scope["path"].removeprefix(scope.get("root_path", "")))
+
+
+@functools.lru_cache(maxsize=4096)  # resolving costs as much as the rest of this handler; most paths repeat
+def _view_is_sync(path: str) -> bool:
+    try:
+        match = get_resolver().resolve(path)
+    except Resolver404:
+        return True  # the 404 page is sync
+    return not iscoroutinefunction(match.func)
