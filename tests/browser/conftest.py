@@ -113,7 +113,9 @@ def server(tmp_path_factory):
         log.close()
 
 
-@pytest.fixture(scope="session")
+# Module, not session: while Playwright's sync API lives it keeps an event loop set as running on
+# this thread, which breaks the asyncio tests collected after these.
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
 
