@@ -588,13 +588,9 @@ def docker_report(rows: list[dict], reconcile_s: int) -> None:
 
 def docker_site(tmp: Path, docker_host: str):
     from jobs.models import Site
+    from tests.live.conftest import docker_workspace
 
-    workspace = tmp / "dws"
-    for sub in ("startup", "local"):
-        (workspace / sub).mkdir(parents=True)
-    (workspace / "startup" / "fed_client.json").write_text("{}")
-    for path in (workspace, workspace / "startup", workspace / "local", workspace / "startup" / "fed_client.json"):
-        os.chown(path, 1000, 1000)
+    workspace = docker_workspace(tmp / "dws")
     return Site.objects.create(name=DOCKER_SITE, backend="docker", docker={
         "workspace": str(workspace), "timeout": 30, "docker_host": docker_host})
 

@@ -76,6 +76,8 @@ def main() -> None:
                                   stderr=subprocess.DEVNULL)
                  for n, proc in enumerate(stack.procs)] if os.environ.get("BENCH_PYSPY") else []
         unique = run_wrk(stack.urls, token, copies=1, seconds=args.seconds, connections=args.connections, prefix="u")
+        for spy in spies:
+            spy.wait(60)
         accepted = unique["statuses"].get("201", 0)
         print(f"\nunique submissions: {accepted / unique['seconds']:6.1f} accepted/s ({accepted} in "
               f"{unique['seconds']:.1f} s) statuses {unique['statuses']} errors {unique['errors']}  "

@@ -235,6 +235,17 @@ def assert_clean_history(job_pk: int) -> None:
     assert [to for _, to in changes if to in TERMINAL] == [changes[-1][1]], changes
 
 
+def docker_workspace(path: Path) -> Path:
+    """An FL client workspace at `path` as a Docker site needs it: startup/fed_client.json and
+    local/, owned by uid 1000, the user the job containers run as."""
+    for sub in ("startup", "local"):
+        (path / sub).mkdir(parents=True)
+    (path / "startup" / "fed_client.json").write_text("{}")
+    for item in (path, path / "startup", path / "local", path / "startup" / "fed_client.json"):
+        os.chown(item, 1000, 1000)
+    return path
+
+
 def queued_job(site, job_id: str, *set_options: str):
     """A job as job_submit records it, without enqueueing its launch (the tests launch it
     themselves, or through their own worker). Returns (job, credentials)."""

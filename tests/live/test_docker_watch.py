@@ -18,7 +18,7 @@ from jobs.models import Job, Site
 from jobs.services.launching import job_launch
 from jobs.services.reconciliation import site_reconcile
 from jobs.watchers import SiteWatcher
-from tests.live.conftest import free_port, job_state, queued_job, transitions
+from tests.live.conftest import docker_workspace, free_port, job_state, queued_job, transitions
 from tests.util import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
@@ -128,12 +128,7 @@ def proxy():
 @pytest.fixture
 def docker_site(daemon, tmp_path, proxy):
     name = f"live-{uuid.uuid4().hex[:8]}"
-    workspace = tmp_path / "ws"
-    for sub in ("startup", "local"):
-        (workspace / sub).mkdir(parents=True)
-    (workspace / "startup" / "fed_client.json").write_text("{}")
-    for path in (workspace, workspace / "startup", workspace / "local", workspace / "startup" / "fed_client.json"):
-        os.chown(path, 1000, 1000)
+    workspace = docker_workspace(tmp_path / "ws")
     site = Site.objects.create(name=name, backend="docker", docker={
         "workspace": str(workspace), "docker_host": f"tcp://127.0.0.1:{proxy.port}", "timeout": 10,
         "default_job_env": {"FAKE_SLEEP": "60"}})

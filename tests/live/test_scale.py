@@ -28,7 +28,7 @@ from backends.base import LABEL_JOB_PK, LABEL_SITE
 from jobs.models import Job, JobEvent, Site, Study
 from jobs.services.tokens import token_create
 from tests.conftest import client_job_args
-from tests.live.conftest import TERMINAL, Browser, Processes, assert_clean_history, session_cookie
+from tests.live.conftest import TERMINAL, Browser, Processes, assert_clean_history, docker_workspace, session_cookie
 from tests.util import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
@@ -309,17 +309,38 @@ def counted_site(process_site, tmp_path) -> tuple[Site, Path]:
     return process_site, starts
 
 
-@pytest.mark.asyncio
-async def test_two_hundred_jobs_through_two_web_processes_end_right_once_and_reach_both_browsers(
-        live_redis, processes, counted_site, workspace, users):
-    site, starts = counted_site
+@contextlib.asynccontextmanager
+async def multi_process_stack(live_redis, processes, site, users):
+    """The production layout started for real, a viewer's websocket on each web process, and a
+    submitter with the site's token: (stack, listeners, submitter). The listeners close after."""
     stack = await asyncio.to_thread(stack_start, processes(live_redis.url))
     cookie = await in_db(session_cookie, users["viewer"])
     _, secret = await in_db(token_create, site=site, name="fl-server")
     listeners = [await Listener(Browser(web, f"/ws/sites/{site.name}/jobs/", cookie)).start() for web in stack.webs]
-    plan = plan_jobs("load", 200, seed=8)
-    submitter = Submitter(stack.webs, secret, site.name)
     try:
+        yield stack, listeners, Submitter(stack.webs, secret, site.name)
+    finally:
+        for listener in listeners:  # a listener moved to another web process is closed as well
+            await listener.close()
+
+
+async def every_browser_saw_every_change(site, listeners) -> tuple[dict, list]:
+    """Wait until each listener has seen every job end, then check what it was sent
+    (assert_browser_saw_every_change). Returns (history, how many changes each was sent as such)."""
+    history = await in_db(event_history, site)
+    final = {job_id: changes[-1][0] for job_id, changes in history.items()}
+    for listener in listeners:
+        await eventually(lambda lst=listener: lst.final_states() == final, timeout=30,
+                         message=f"{listener.browser.url} to see every job end")
+    return history, [assert_browser_saw_every_change(listener, history) for listener in listeners]
+
+
+@pytest.mark.asyncio
+async def test_two_hundred_jobs_through_two_web_processes_end_right_once_and_reach_both_browsers(
+        live_redis, processes, counted_site, workspace, users):
+    site, starts = counted_site
+    plan = plan_jobs("load", 200, seed=8)
+    async with multi_process_stack(live_redis, processes, site, users) as (stack, listeners, submitter):
         started = time.monotonic()
         await asyncio.to_thread(submitter.submit_all, plan)
         accepted_in = time.monotonic() - started
@@ -329,30 +350,17 @@ async def test_two_hundred_jobs_through_two_web_processes_end_right_once_and_rea
         ended_in = time.monotonic() - started
         await in_db(assert_every_job_ended_right_once, site, plan, starts, workspace)
 
-        history = await in_db(event_history, site)
-        final = {job_id: changes[-1][0] for job_id, changes in history.items()}
-        for listener in listeners:
-            await eventually(lambda lst=listener: lst.final_states() == final, timeout=30,
-                             message=f"{listener.browser.url} to see every job end")
-        exact = [assert_browser_saw_every_change(listener, history) for listener in listeners]
+        history, exact = await every_browser_saw_every_change(site, listeners)
         print(f"\n200 jobs: accepted in {accepted_in:.1f}s, all ended in {ended_in:.1f}s; "
               f"{sum(map(len, history.values()))} changes, sent as such to each browser: {exact}")
-    finally:
-        for listener in listeners:
-            await listener.close()
 
 
 @pytest.mark.asyncio
 async def test_web_process_and_worker_killed_while_launching_lose_and_duplicate_nothing(
         live_redis, processes, counted_site, workspace, users):
     site, starts = counted_site
-    stack = await asyncio.to_thread(stack_start, processes(live_redis.url))
-    cookie = await in_db(session_cookie, users["viewer"])
-    _, secret = await in_db(token_create, site=site, name="fl-server")
-    listeners = [await Listener(Browser(web, f"/ws/sites/{site.name}/jobs/", cookie)).start() for web in stack.webs]
     plan = plan_jobs("kill", 150, seed=9)
-    submitter = Submitter(stack.webs, secret, site.name)
-    try:
+    async with multi_process_stack(live_redis, processes, site, users) as (stack, listeners, submitter):
         started = time.monotonic()
         submitting = asyncio.create_task(asyncio.to_thread(submitter.submit_all, plan))
         await eventually(lambda: len(submitter.accepted) >= 50, timeout=60, message="50 jobs to be accepted")
@@ -379,19 +387,11 @@ async def test_web_process_and_worker_killed_while_launching_lose_and_duplicate_
         ended_in = time.monotonic() - started
         await in_db(assert_every_job_ended_right_once, site, plan, starts, workspace)
 
-        history = await in_db(event_history, site)
-        final = {job_id: changes[-1][0] for job_id, changes in history.items()}
-        for listener in listeners:
-            await eventually(lambda lst=listener: lst.final_states() == final, timeout=30,
-                             message=f"{listener.browser.url} to see every job end")
-        exact = [assert_browser_saw_every_change(listener, history) for listener in listeners]
+        history, exact = await every_browser_saw_every_change(site, listeners)
         print(f"\n150 jobs, web and worker killed after {killed_at} accepted: all ended in {ended_in:.1f}s; "
               f"{len(submitter.failovers)} POSTs failed over, {Counter(submitter.accepted.values())}, "
               f"{len(nudged)} launches lost with the worker and submitted again; "
               f"{sum(map(len, history.values()))} changes, sent as such to each browser: {exact}")
-    finally:
-        for listener in listeners:
-            await listener.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,12 +421,7 @@ def scale_docker_site(dockerd, tmp_path, users):
     from jobs.models import Role, SiteMembership
 
     name = f"scale-{uuid.uuid4().hex[:8]}"
-    workspace = tmp_path / "dws"
-    for sub in ("startup", "local"):
-        (workspace / sub).mkdir(parents=True)
-    (workspace / "startup" / "fed_client.json").write_text("{}")
-    for path in (workspace, workspace / "startup", workspace / "local", workspace / "startup" / "fed_client.json"):
-        os.chown(path, 1000, 1000)
+    workspace = docker_workspace(tmp_path / "dws")
     site = Site.objects.create(name=name, backend="docker", docker={"workspace": str(workspace), "timeout": 30})
     SiteMembership.objects.create(site=site, user=users["viewer"], role=Role.VIEWER)
     for study, (sleep, code) in DOCKER_STUDIES.items():

@@ -3,14 +3,13 @@ under redelivery, re-checking the job first, retrying only errors that can go aw
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
 from jobs.models import JobEvent, Site
 from jobs.services.cancellation import job_request_terminate
 from jobs.tasks import MAX_RETRIES, job_launch_task
-from tests.live.conftest import free_port, job_state, process_state, queued_job, transitions
+from tests.live.conftest import docker_workspace, free_port, job_state, process_state, queued_job, transitions
 from tests.util import wait_until
 
 pytestmark = [pytest.mark.embedded, pytest.mark.django_db(transaction=True)]
@@ -47,12 +46,7 @@ def test_permanent_error_fails_the_launch_without_retrying(process_site):
 
 
 def test_unreachable_daemon_is_retried_then_the_launch_fails(tmp_path):
-    workspace = tmp_path / "ws"
-    for sub in ("startup", "local"):
-        (workspace / sub).mkdir(parents=True)
-    (workspace / "startup" / "fed_client.json").write_text("{}")
-    for path in (workspace, workspace / "startup", workspace / "local", workspace / "startup" / "fed_client.json"):
-        os.chown(path, 1000, 1000)
+    workspace = docker_workspace(tmp_path / "ws")
     site = Site.objects.create(name="site-down", backend="docker", docker={
         "workspace": str(workspace), "docker_host": f"tcp://127.0.0.1:{free_port()}", "timeout": 2})
     job, credentials = queued_job(site, "no-daemon-1")
