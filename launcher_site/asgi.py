@@ -1,5 +1,6 @@
 """ASGI entry point: Django for HTTP, Channels for websockets (session auth, Origin checked)."""
 
+import gc
 import os
 
 import django
@@ -26,3 +27,7 @@ application = ProtocolTypeRouter(
             CookieMiddleware(ReadOnlySessionMiddleware(AuthMiddleware(URLRouter(websocket_urlpatterns))))),
     }
 )
+
+# Everything loaded by now lives as long as the process: the garbage collector's full passes need
+# not walk it again and again.
+gc.freeze()

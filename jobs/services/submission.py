@@ -71,18 +71,48 @@ def job_submit(
 
     Raises InvalidJobSpec naming the field; then nothing is stored and nothing launched.
     """
-    existing = Job.objects.filter(site=site, job_id=job_id).first()
-    if existing is not None:
-        stalled = timezone.now() - existing.created_at > timedelta(seconds=settings.LAUNCHER_RELAUNCH_AFTER_SECONDS)
-        if existing.state in (JobState.QUEUED, JobState.STARTING) and stalled:
-            # Still not running after a while: its launch may be lost (the web process died between
-            # commit and enqueue, or a worker died as the broker handed it the task). The credentials
-            # came again with this submit, so queue the launch again; launching is idempotent (a job
-            # no longer queued is left alone, a workload is adopted). A burst of identical submits
-            # within the grace period queues nothing extra.
-            _enqueue_launch(existing.pk, split_credentials(dict(job_args or {}))[1])
-        return existing, False
+    # The insert comes first and the unique constraint on (site, job_id) decides: a new job (the
+    # usual case) costs no lookup, a resubmit costs a failed insert.
+    try:
+        prepared = _prepare(site=site, job_id=job_id, role=role, job_meta=job_meta, job_args=job_args,
+                            set_options=set_options, submitted_by_token=submitted_by_token)
+    except InvalidJobSpec:
+        existing = Job.objects.filter(site=site, job_id=job_id).first()
+        if existing is None:
+            raise
+        return _resubmitted(existing, job_args), False  # recorded before the site's settings changed
+    meta, study, options, probe, spec = prepared
+    stored_args, credentials = split_credentials(dict(job_args or {}))
+    try:
+        with transaction.atomic():
+            job = Job.objects.create(
+                site=site, job_id=job_id, role=role, study=study, image=spec.image or "",
+                backend=site.backend, job_meta=meta, job_args=stored_args, set_options=list(options),
+                submitted_by=submitted_by, submitted_by_token=submitted_by_token,
+            )
+            event = JobEvent.objects.create(job=job, from_state="", to_state=JobState.QUEUED, source=source,
+                                            message=_submitted_message(submitted_by, submitted_by_token))
+            if study and probe.study is None:
+                JobEvent.objects.create(
+                    job=job, from_state=JobState.QUEUED, to_state=JobState.QUEUED, source=source,
+                    message=f"study {study!r} is not configured on site {site.name}: no datasets will be mounted",
+                )
+            if on_created is not None:
+                on_created(job)
+            seq = event.pk
+            transaction.on_commit(lambda: events.publish_job(job.pk, seq=seq, job=job))
+            _enqueue_launch(job.pk, credentials)
+    except IntegrityError:
+        existing = Job.objects.filter(site=site, job_id=job_id).first()
+        if existing is None:
+            raise
+        return _resubmitted(existing, job_args), False
+    return job, True
 
+
+def _prepare(*, site, job_id, role, job_meta, job_args, set_options, submitted_by_token):
+    """Check a submit and build its launch spec (validation only; the launch task prepares again
+    with fresh study data). Returns (meta, study, set options, the request, the spec)."""
     nvflare.check_job_id(job_id)
     if role not in nvflare.ROLES:
         raise InvalidJobSpec("role", f"must be one of {', '.join(nvflare.ROLES)}")
@@ -107,34 +137,19 @@ def job_submit(
         site=site.name, job_pk="0", job_id=job_id, role=role, job_meta=meta, job_args=job_args or {},
         set_options=options, study=study_runtime(site, study), byoc=bool(meta.get("byoc")),
     )
-    spec = backend.prepare(probe)  # validation only; the launch task prepares again with fresh study data
-    stored_args, credentials = split_credentials(dict(job_args or {}))
+    return meta, study, options, probe, backend.prepare(probe)
 
-    try:
-        with transaction.atomic():
-            job = Job.objects.create(
-                site=site, job_id=job_id, role=role, study=study, image=spec.image or "",
-                backend=site.backend, job_meta=meta, job_args=stored_args, set_options=list(options),
-                submitted_by=submitted_by, submitted_by_token=submitted_by_token,
-            )
-            event = JobEvent.objects.create(job=job, from_state="", to_state=JobState.QUEUED, source=source,
-                                            message=_submitted_message(submitted_by, submitted_by_token))
-            if study and probe.study is None:
-                JobEvent.objects.create(
-                    job=job, from_state=JobState.QUEUED, to_state=JobState.QUEUED, source=source,
-                    message=f"study {study!r} is not configured on site {site.name}: no datasets will be mounted",
-                )
-            if on_created is not None:
-                on_created(job)
-            seq = event.pk
-            transaction.on_commit(lambda: events.publish_job(job.pk, seq=seq, job=job))
-            _enqueue_launch(job.pk, credentials)
-    except IntegrityError:
-        existing = Job.objects.filter(site=site, job_id=job_id).first()
-        if existing is None:
-            raise
-        return existing, False
-    return job, True
+
+def _resubmitted(existing: Job, job_args: dict[str, Any]) -> Job:
+    stalled = timezone.now() - existing.created_at > timedelta(seconds=settings.LAUNCHER_RELAUNCH_AFTER_SECONDS)
+    if existing.state in (JobState.QUEUED, JobState.STARTING) and stalled:
+        # Still not running after a while: its launch may be lost (the web process died between
+        # commit and enqueue, or a worker died as the broker handed it the task). The credentials
+        # came again with this submit, so queue the launch again; launching is idempotent (a job
+        # no longer queued is left alone, a workload is adopted). A burst of identical submits
+        # within the grace period queues nothing extra.
+        _enqueue_launch(existing.pk, split_credentials(dict(job_args or {}))[1])
+    return existing
 
 
 def _submitted_message(user, token) -> str:

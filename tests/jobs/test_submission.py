@@ -108,6 +108,18 @@ def test_same_job_id_again_while_still_queued_queues_its_launch_again_only_after
     assert Job.objects.filter(job_id="job-q").count() == 1
 
 
+def test_a_resubmit_that_no_longer_validates_still_returns_the_existing_job(process_site, job_args):
+    # New jobs are inserted first and the unique constraint decides; a resubmit is answered with
+    # the job on record even when it would not pass today's checks (the site's settings changed).
+    first, _ = submit(process_site, "job-r", job_args("job-r"))
+    args = job_args("job-r")
+    args.pop("exe_module")
+    again, created = submit(process_site, "job-r", args)
+    assert not created and again.pk == first.pk
+    with pytest.raises(InvalidJobSpec):
+        submit(process_site, "job-other", args)  # a new job id is still checked
+
+
 @pytest.mark.parametrize("change, field", [
     (lambda a: a.pop("exe_module"), "job_args.exe_module"),
     (lambda a: a.update(bogus=["-x", "1"]), "job_args.bogus"),

@@ -33,7 +33,7 @@ class Command(BaseCommand):
 
                 stack.callback(WatcherPool().start().stop)
             self.stdout.write(f"FLARE Launcher on http://{host}:{port}/  (Ctrl-C to stop)")
-            uvicorn.run("launcher_site.asgi:application", host=host, port=port, log_level="warning",
+            uvicorn.run("launcher_site.asgi:application", host=host, port=port, log_level="warning", access_log=False,
                         lifespan="off", workers=workers if not settings.LAUNCHER_EMBEDDED else None,
                         ws_ping_interval=20, ws_ping_timeout=20, timeout_graceful_shutdown=5,
                         # Job updates are small and go to many sockets: compressing each copy per
