@@ -7,11 +7,16 @@ machine that plumbing was about a third of the CPU of an API submit (bench/submi
 request whose view is sync runs as under WSGI, signals and middleware and view in one call on the
 sync thread; async views (the long-poll wait) and streaming responses (static files) keep Django's
 own path.
+
+That call runs on a pool of threads kept for the process. Django would start a thread for each
+request (its per-request ThreadSensitiveContext) and join it afterwards; the whole request is one
+call here, so nothing needs to stay on a thread of its own across calls.
 """
 
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.core import signals
@@ -21,11 +26,15 @@ from django.core.exceptions import RequestAborted
 from django.urls import Resolver404, get_resolver, set_script_prefix
 
 
+REQUEST_THREADS = 8  # sync requests a web process serves at once (one slow engine call holds one)
+
+
 class OneHopASGIHandler(ASGIHandler):
     def __init__(self):
         super().__init__()
         self.sync_handler = BaseHandler()
         self.sync_handler.load_middleware(is_async=False)  # the same middleware, as WSGI runs it
+        self.threads = ThreadPoolExecutor(max_workers=REQUEST_THREADS, thread_name_prefix="request")
 
     async def handle(self, scope, receive, send):
         if not self.view_is_sync(scope):
@@ -35,7 +44,7 @@ class OneHopASGIHandler(ASGIHandler):
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
-        response = await sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
+        response = await sync_to_async(self.respond, thread_sensitive=False, executor=self.threads)(scope, body_file)
         try:
             await self.send_response(response, send)
         finally:
