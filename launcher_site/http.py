@@ -20,11 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.core import signals
+from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
-from django.core.exceptions import RequestAborted
 from django.urls import Resolver404, get_resolver, set_script_prefix
-
 
 REQUEST_THREADS = 8  # sync requests a web process serves at once (one slow engine call holds one)
 
@@ -44,12 +43,14 @@ class OneHopASGIHandler(ASGIHandler):
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
-        response = await sync_to_async(self.respond, thread_sensitive=False, executor=self.threads)(scope, body_file)
         try:
-            await self.send_response(response, send)
+            response = await sync_to_async(self.respond, thread_sensitive=False, executor=self.threads)(scope, body_file)
+            try:
+                await self.send_response(response, send)
+            finally:
+                if response.streaming:  # a file is read while it is sent: closed afterwards, as Django does
+                    await sync_to_async(response.close)()
         finally:
-            if response.streaming:
-                await sync_to_async(response.close)()
             body_file.close()
 
     def respond(self, scope, body_file):

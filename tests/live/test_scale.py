@@ -479,13 +479,14 @@ def test_fifty_docker_jobs_end_right_with_one_container_each(live_redis, process
         ended_in = time.monotonic() - started
         jobs = site_outcomes(site)
         assert_ended_as_planned(jobs, {job_id: DOCKER_STUDIES[study][1] for job_id, study in study_of.items()})
-        logs = dict(Job.objects.filter(site=site).values_list("job_id", "logs_tail"))
-        assert {job_id: text.count("FAKE-PYTHON ARGV") for job_id, text in logs.items()} == dict.fromkeys(study_of, 1)
 
-        # Every finished container is removed once its logs are saved ...
+        # Every finished container is removed once its logs are saved (the exit is recorded first,
+        # the tail right after) ...
         pks = {str(job["pk"]) for job in jobs.values()}
         wait_until(lambda: not dockerd.containers.list(all=True, filters=label), timeout=30,
                    message="the finished containers to be removed")
+        logs = dict(Job.objects.filter(site=site).values_list("job_id", "logs_tail"))
+        assert {job_id: text.count("FAKE-PYTHON ARGV") for job_id, text in logs.items()} == dict.fromkeys(study_of, 1)
         # ... and over the whole run each job had exactly one container, started once.
         wait_until(lambda: {pk for pk, action in events.seen() if action == "destroy"} >= pks, timeout=20,
                    message="the events of every container")
