@@ -124,6 +124,7 @@ else:
 LAUNCHER_EMBEDDED = not REDIS_URL
 
 CELERY_TASK_ACKS_LATE = True  # safe only because launch and terminate are idempotent
+CELERY_TASK_IGNORE_RESULT = True  # nothing reads task results: the job's row is the record
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
