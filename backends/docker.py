@@ -48,7 +48,9 @@ __all__ = ["DockerBackend", "DockerSiteConfig"]
 
 LOGS_TAIL = 200  # lines kept on terminal observations, read before cleanup() removes the container
 STOP_POLL_S = 0.5  # how often stream() looks at its stop event while the daemon is quiet
-CONNECTION_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)
+# The daemon is gone or going: refused, timed out, or a response cut off mid-body (ChunkedEncodingError).
+CONNECTION_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                     requests.exceptions.ChunkedEncodingError, ConnectionError)
 
 
 class DockerBackend(Backend):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import threading
 import uuid
 
 import pytest
@@ -255,3 +257,50 @@ def test_unreachable_daemon_is_a_retryable_error(make_docker_backend, docker_req
     assert not results["docker daemon"].ok and str(socket_path) in results["docker daemon"].detail
     assert not results["network"].ok
     docker_client.ping()  # the real daemon was never touched
+
+
+class _DaemonCutOffMidResponse(http.server.BaseHTTPRequestHandler):
+    """A Docker API on loopback that goes away in the middle of every logs response, as dockerd
+    does when it stops or its connection drops."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        if self.path.endswith("/version"):
+            self._json({"ApiVersion": "1.41", "Version": "fake", "MinAPIVersion": "1.12"})
+        elif "/logs" in self.path:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/vnd.docker.raw-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"40\r\npartial output")  # promises 64 bytes, sends 14, then hangs up
+            self.wfile.flush()
+            self.close_connection = True
+        else:  # GET /containers/<id>/json
+            self._json({"Id": "c0ffee", "Name": "/job", "Config": {"Tty": False, "Labels": {}}, "State": {}})
+
+    def _json(self, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_response_cut_off_by_the_daemon_is_a_retryable_error(make_docker_backend):
+    # Not a requests ConnectionError but a ChunkedEncodingError: it once escaped a log follower's
+    # thread when dockerd's connection dropped.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DaemonCutOffMidResponse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        backend = make_docker_backend(docker_host=f"tcp://127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(BackendError, match="unreachable") as error:
+            backend.logs(Handle(backend="docker", ref="c0ffee"))
+        assert error.value.retryable is True
+    finally:
+        server.shutdown()
+        server.server_close()
