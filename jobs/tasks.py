@@ -25,11 +25,19 @@ def _countdown(retries: int) -> int:
 
 
 @shared_task(**ROBUST)
-def job_launch_task(self, job_pk: int, credentials: dict) -> None:
+def job_launch_task(self, job_pk: int, sealed_credentials: str) -> None:
+    """`sealed_credentials`: jobs.services.sealing.credentials_seal() of the job's credential args."""
     from backends.base import JobState
     from jobs.services.launching import job_launch
     from jobs.services.lifecycle import job_observe
+    from jobs.services.sealing import SealBroken, credentials_unseal
 
+    try:
+        credentials = credentials_unseal(sealed_credentials)
+    except SealBroken as exc:
+        job_observe(job_pk=job_pk, state=JobState.LAUNCH_FAILED, source="worker", reason="CredentialsUnreadable",
+                    message=str(exc))
+        return
     try:
         job_launch(job_pk=job_pk, credentials=credentials)
     except BackendError as exc:  # job_launch lets only retryable errors out

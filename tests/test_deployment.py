@@ -20,6 +20,32 @@ def test_compose_mounts_the_docker_socket_only_into_worker_and_watcher():
     assert "SECRET_KEY" not in services["web"].get("environment", {})  # only SECRET_KEY_FILE
 
 
+def test_compose_databases_require_passwords_read_from_secret_files():
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    postgres, redis = services["postgres"], services["redis"]
+    assert "POSTGRES_HOST_AUTH_METHOD" not in postgres["environment"]
+    assert postgres["environment"]["POSTGRES_PASSWORD_FILE"].startswith("/run/secrets/")
+    assert "--requirepass" in " ".join(redis["command"])
+    for name in ("web", "worker", "beat", "watcher", "migrate"):
+        env = services[name]["environment"]
+        assert "DATABASE_URL" not in env and "REDIS_URL" not in env  # URLs hold the passwords
+        assert env["DATABASE_URL_FILE"].startswith("/run/secrets/") and env["REDIS_URL_FILE"].startswith("/run/secrets/")
+
+
+def test_compose_secrets_script_makes_private_files_whose_urls_carry_the_passwords(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    script = tmp_path / "scripts" / "compose-secrets.sh"
+    script.write_text((ROOT / "scripts" / "compose-secrets.sh").read_text())
+    subprocess.run(["bash", str(script)], check=True, capture_output=True, timeout=30)
+    secrets_dir = tmp_path / "secrets"
+    password = (secrets_dir / "redis_password").read_text().strip()
+    assert len(password) >= 32
+    assert f":{password}@redis:6379" in (secrets_dir / "redis_url").read_text()
+    assert (secrets_dir / "postgres_password").read_text().strip() in (secrets_dir / "database_url").read_text()
+    for path in secrets_dir.iterdir():
+        assert path.stat().st_mode & 0o077 == 0, path
+
+
 def test_kubernetes_manifests_have_probes_rbac_and_websocket_ingress():
     docs = list(yaml.safe_load_all((ROOT / "deploy/kubernetes/flare-launcher.yaml").read_text()))
     kinds = [d["kind"] for d in docs]

@@ -77,10 +77,10 @@ def job_submit(
         prepared = _prepare(site=site, job_id=job_id, role=role, job_meta=job_meta, job_args=job_args,
                             set_options=set_options, submitted_by_token=submitted_by_token)
     except InvalidJobSpec:
-        existing = Job.objects.filter(site=site, job_id=job_id).first()
+        existing = _resubmitted(site, job_id, job_args)  # recorded before the site's settings changed
         if existing is None:
             raise
-        return _resubmitted(existing, job_args), False  # recorded before the site's settings changed
+        return existing, False
     meta, study, options, probe, spec = prepared
     stored_args, credentials = split_credentials(dict(job_args or {}))
     try:
@@ -103,10 +103,10 @@ def job_submit(
             transaction.on_commit(lambda: events.publish_job(job.pk, seq=seq, job=job))
             _enqueue_launch(job.pk, credentials)
     except IntegrityError:
-        existing = Job.objects.filter(site=site, job_id=job_id).first()
+        existing = _resubmitted(site, job_id, job_args)
         if existing is None:
             raise
-        return _resubmitted(existing, job_args), False
+        return existing, False
     return job, True
 
 
@@ -140,7 +140,11 @@ def _prepare(*, site, job_id, role, job_meta, job_args, set_options, submitted_b
     return meta, study, options, probe, backend.prepare(probe)
 
 
-def _resubmitted(existing: Job, job_args: dict[str, Any]) -> Job:
+def _resubmitted(site: Site, job_id: str, job_args: dict[str, Any]) -> Job | None:
+    """The job already recorded under this id, if any (its launch queued again when stalled)."""
+    existing = Job.objects.filter(site=site, job_id=job_id).first()
+    if existing is None:
+        return None
     stalled = timezone.now() - existing.created_at > timedelta(seconds=settings.LAUNCHER_RELAUNCH_AFTER_SECONDS)
     if existing.state in (JobState.QUEUED, JobState.STARTING) and stalled:
         # Still not running after a while: its launch may be lost (the web process died between
@@ -154,7 +158,9 @@ def _resubmitted(existing: Job, job_args: dict[str, Any]) -> Job:
 
 def _submitted_message(user, token) -> str:
     if token is not None:
-        return f"submitted with token {token.prefix}…"
+        # Never the token's prefix: viewers read events, and the prefix is part of the secret.
+        kind = "site" if token.site_id else "user"
+        return f"submitted with {kind} token {token.name!r}" if token.name else f"submitted with a {kind} token"
     if user is not None:
         return f"submitted by {user.get_username()}"
     return "submitted"
@@ -166,11 +172,13 @@ def _enqueue_launch(job_pk: int, credentials: dict[str, Any]) -> None:
 
 def _send_launch(job_pk: int, credentials: dict[str, Any]) -> None:
     from jobs.services.lifecycle import job_observe
+    from jobs.services.sealing import credentials_seal
     from jobs.tasks import job_launch_task
 
     try:
-        # argsrepr keeps the credentials out of Celery's logs and monitoring.
-        job_launch_task.apply_async(args=[job_pk, credentials], argsrepr=f"({job_pk}, <credentials>)")
+        # Sealed: the broker (Redis) and anyone reading its queue see ciphertext only; argsrepr keeps
+        # even that out of Celery's logs and monitoring.
+        job_launch_task.apply_async(args=[job_pk, credentials_seal(credentials)], argsrepr=f"({job_pk}, <sealed>)")
     except Exception as exc:  # broker (Redis) down: the credentials cannot be kept, so say so now
         job_observe(job_pk=job_pk, state=JobState.LAUNCH_FAILED, source="api", reason="BrokerUnavailable",
                     message=f"the launch could not be queued ({type(exc).__name__}); submit it again with a new job id")
