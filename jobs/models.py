@@ -147,6 +147,9 @@ class Job(models.Model):
     study = models.CharField(max_length=63, blank=True)
     image = models.CharField(max_length=255, blank=True)
     backend = models.CharField(max_length=16, choices=Backend.choices)
+    # The container/pod/process name the backend derives from the job id (case-folded, characters
+    # replaced): two job ids that map to one name would share one workload, so it is unique per site.
+    workload = models.CharField(max_length=255, null=True, blank=True)
     handle = models.JSONField(null=True, blank=True)
     state = models.CharField(max_length=16, choices=State.choices, default=JobState.QUEUED.value)
     return_code = models.IntegerField(null=True, blank=True)
@@ -172,6 +175,7 @@ class Job(models.Model):
         ordering = ["-created_at", "-id"]
         constraints = [
             models.UniqueConstraint(fields=["site", "job_id"], name="job_unique_per_site"),
+            models.UniqueConstraint(fields=["site", "workload"], name="job_workload_unique_per_site"),
             models.CheckConstraint(condition=Q(state__in=[s.value for s in JobState]), name="job_state_valid"),
             models.CheckConstraint(condition=Q(role__in=JobRole.values), name="job_role_valid"),
             models.CheckConstraint(condition=Q(backend__in=Backend.values), name="job_backend_valid"),
@@ -254,6 +258,9 @@ class AuditEntry(models.Model):
     target = models.CharField(max_length=300)
     detail = models.JSONField(default=dict, blank=True)
     remote_addr = models.CharField(max_length=64, blank=True)
+    # The site the change was made on or within (set by jobs.services.audit), so a site admin's
+    # audit page can show theirs. Kept (NULL) when the site is deleted: the entry outlives it.
+    site = models.ForeignKey("Site", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=True)
 
     class Meta:
         ordering = ["-at"]

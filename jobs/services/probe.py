@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from django.db import transaction
 
+from backends import workload_name
 from backends.base import BackendError, Handle, JobRequest, JobState
 from jobs import events
 from jobs.models import Job, JobEvent, Site
@@ -83,7 +84,7 @@ def site_probe(*, site: Site, study: str, image: str = "", requested_by=None, ti
 
     with transaction.atomic():
         job = Job.objects.create(site=site, job_id=job_id, study=study, backend=site.backend, job_meta=job_meta,
-                                 submitted_by=requested_by)
+                                 workload=workload_name(site.backend, site.name, job_id), submitted_by=requested_by)
         event = JobEvent.objects.create(job=job, from_state="", to_state=JobState.QUEUED, source="admin",
                                         message="test launch from the site settings page")
         job_pk, seq = job.pk, event.pk

@@ -87,7 +87,7 @@ def job_submit(
         with transaction.atomic():
             job = Job.objects.create(
                 site=site, job_id=job_id, role=role, study=study, image=spec.image or "",
-                backend=site.backend, job_meta=meta, job_args=stored_args, set_options=list(options),
+                backend=site.backend, workload=spec.name, job_meta=meta, job_args=stored_args, set_options=list(options),
                 submitted_by=submitted_by, submitted_by_token=submitted_by_token,
             )
             event = JobEvent.objects.create(job=job, from_state="", to_state=JobState.QUEUED, source=source,
@@ -105,9 +105,19 @@ def job_submit(
     except IntegrityError:
         existing = _resubmitted(site, job_id, job_args)
         if existing is None:
+            _refuse_workload_collision(site, job_id, spec.name)
             raise
         return existing, False
     return job, True
+
+
+def _refuse_workload_collision(site: Site, job_id: str, workload: str) -> None:
+    """Another job id that maps to the same container/pod/process name (e.g. `COLL-1` after
+    `coll-1`) would adopt that job's workload: refused before anything reaches the engine."""
+    other = Job.objects.filter(site=site, workload=workload).exclude(job_id=job_id).first()
+    if other is not None:
+        raise InvalidJobSpec("job_id", f"maps to the workload name {workload!r} of job {other.job_id!r} on this "
+                                       "site (names are case-folded); use a job id that differs in more than case")
 
 
 def _prepare(*, site, job_id, role, job_meta, job_args, set_options, submitted_by_token):

@@ -180,3 +180,20 @@ def test_broker_down_after_commit_marks_launch_failed_instead_of_hanging(process
         fresh_pool()
     job.refresh_from_db()
     assert job.state == "launch_failed" and job.reason == "BrokerUnavailable"
+
+
+@pytest.mark.parametrize("first, second", [("coll-1", "COLL-1"), ("Run.A", "run.a")])
+def test_a_job_id_that_maps_to_another_jobs_workload_name_is_refused_before_launch(
+        process_site, job_args, first, second, django_capture_on_commit_callbacks):
+    """Workload names are case-folded: `COLL-1` after `coll-1` would adopt the first job's process
+    (terminating one aborted the other). Refused at submit, nothing recorded or queued."""
+    with django_capture_on_commit_callbacks() as callbacks:
+        job, created = submit(process_site, first, job_args(first))
+    assert created and job.workload == "site-1-" + first.lower()
+    with django_capture_on_commit_callbacks() as callbacks:
+        with pytest.raises(InvalidJobSpec) as info:
+            submit(process_site, second, job_args(second))
+    assert info.value.field == "job_id"
+    assert first in info.value.reason and "case" in info.value.reason
+    assert list(Job.objects.values_list("job_id", flat=True)) == [first]
+    assert callbacks == []  # no launch queued for the second id
