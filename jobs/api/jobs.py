@@ -8,7 +8,13 @@ import django_filters
 from django.conf import settings
 from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -23,6 +29,7 @@ from jobs.api.serializers import (
     JobLogsSerializer,
     JobSerializer,
     JobSubmitSerializer,
+    JobSubmitterDetailSerializer,
 )
 from jobs.models import Job, JobEvent, State
 from jobs.services.audit import actor_label
@@ -46,7 +53,9 @@ class JobFilter(django_filters.FilterSet):
 
 @extend_schema_view(
     list=extend_schema(responses=JobSerializer(many=True)),
-    retrieve=extend_schema(responses=JobDetailSerializer),
+    retrieve=extend_schema(responses=PolymorphicProxySerializer(
+        component_name="JobDetailOrSubmitterView", serializers=[JobDetailSerializer, JobSubmitterDetailSerializer],
+        resource_type_field_name=None)),
 )
 class JobViewSet(ApiMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """NVFlare jobs. A site token sees and acts on its own site's jobs only."""
@@ -59,7 +68,9 @@ class JobViewSet(ApiMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
         return access.jobs_for(self.request).select_related("site")
 
     def get_serializer_class(self):
-        return JobDetailSerializer if self.action == "retrieve" else JobSerializer
+        if self.action != "retrieve":
+            return JobSerializer
+        return JobSubmitterDetailSerializer if access.is_site_token(self.request.user) else JobDetailSerializer
 
     def get_object(self):
         return access.job_for(self.request, self.kwargs["pk"])

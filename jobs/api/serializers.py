@@ -72,6 +72,15 @@ class JobDetailSerializer(JobSerializer):
         read_only_fields = fields
 
 
+class JobSubmitterDetailSerializer(JobSerializer):
+    """One job as a site token (the FL parent) sees it: what it asked, not the spec as launched,
+    which carries the site's configuration (study env values, host paths, mounts)."""
+
+    class Meta(JobSerializer.Meta):
+        fields = [*JobSerializer.Meta.fields, "job_meta", "job_args", "set_options", "updated_at"]
+        read_only_fields = fields
+
+
 class JobSubmitSerializer(serializers.Serializer):
     site = StrictCharField(max_length=63)
     job_id = StrictCharField(max_length=128)

@@ -152,3 +152,17 @@ def test_wait_timeout_is_validated(process_site, as_user, job_args):
         response = client.get(f"/api/v1/jobs/{job['id']}/wait/?timeout={bad}")
         assert response.status_code == 400 and "timeout" in response.json()
     assert client.get(f"/api/v1/jobs/{job['id']}/wait/?timeout=0").json()["state"] == "queued"
+
+
+def test_a_site_token_never_reads_the_site_configuration_through_a_jobs_spec(process_site, site_token, as_user, job_args):
+    """The spec as launched carries study env values and host paths: site configuration, which a
+    site token may not read. Site members still see it."""
+    job = site_token(process_site).post("/api/v1/jobs/", launch_body("job-spec", job_args("job-spec")),
+                                         format="json").json()
+    Job.objects.filter(pk=job["id"]).update(spec={"env": {"STUDY_DB_PASSWORD": "study-SECRET-value"},
+                                                  "workdir": "/srv/nvflare/site-1/job-spec"})
+    as_token = site_token(process_site).get(f"/api/v1/jobs/{job['id']}/")
+    assert as_token.status_code == 200 and "spec" not in as_token.json()
+    assert "study-SECRET-value" not in as_token.content.decode()
+    as_viewer = as_user("viewer").get(f"/api/v1/jobs/{job['id']}/")
+    assert as_viewer.json()["spec"]["env"]["STUDY_DB_PASSWORD"] == "study-SECRET-value"
