@@ -8,6 +8,9 @@ which keeps its `jobs` short. Anything else a client sends is ignored. A refused
 accepted and closed at once with 4401 (not logged in) or 4403 (may not see that site), so the
 browser can tell the two from a network error; nothing else is sent. A heartbeat goes out every
 LAUNCHER_WS_HEARTBEAT_SECONDS so proxies keep the socket open and clients notice a dead server.
+Before each heartbeat the socket's access is checked again (jobs.services.socket_access): once its
+session is gone (signed out, expired), its user deactivated or no longer allowed to see the site,
+it leaves its group and is closed with 4401 or 4403, so nothing more reaches it.
 
 The channel layer is at-most-once (a Redis outage drops pushes). So that an open socket does not
 stay wrong until the browser reconnects, each heartbeat first catches up: changes in the socket's
@@ -31,14 +34,15 @@ from django.conf import settings
 from jobs import events, selectors
 from jobs.models import Job, Site
 from jobs.services import resume
+from jobs.services.socket_access import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED, socket_access
 
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_FORBIDDEN = 4403
+CLOSE_UNCHECKED = 1011  # access could not be checked again (database down)
 
 
 class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
     group: str | None = None
     target: Site | Job | None = None
+    site_pk: int | None = None
 
     async def connect(self):
         events.bind_server_loop(asyncio.get_running_loop())
@@ -56,6 +60,8 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
             await self._refuse(CLOSE_FORBIDDEN)
             return
         self.group = group
+        self.session_key = self.scope["session"].session_key  # checked again on every heartbeat
+        self.user_pk = user.pk
         self.checked = self.checked_before = await database_sync_to_async(resume.latest_seq)()
         await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
@@ -154,8 +160,22 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
             while True:
                 await asyncio.sleep(delay)
                 delay = interval
+                try:
+                    code = await database_sync_to_async(socket_access)(session_key=self.session_key,
+                                                                       user_pk=self.user_pk, site_pk=self.site_pk)
+                except Exception:  # not checked, not trusted: the browser reconnects (checked again)
+                    code = CLOSE_UNCHECKED
+                if code is not None:
+                    await self._revoke(code)
+                    return
                 await self._catch_up()
                 await self.send_json(self._heartbeat())
+
+    async def _revoke(self, code: int) -> None:
+        group, self.group = self.group, None  # dispatch() drops what is already queued for it
+        with contextlib.suppress(Exception):
+            await self.channel_layer.group_discard(group, self.channel_name)
+        await self.close(code=code)
 
     def _heartbeat(self) -> dict:
         # After a catch-up this socket has been sent every change of its scope up to checked_before
@@ -187,6 +207,8 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
         # Forwarding a group message touches no database, so it skips Channels' per-message
         # close_old_connections (a thread hop for every message on every socket, which is what
         # limits fan-out to hundreds of browsers). Everything else is dispatched as usual.
+        if self.group is None and message["type"].startswith("job."):
+            return  # access revoked (or never granted): nothing more is forwarded
         if message["type"] == "job.update":
             await self.job_update(message)
         elif message["type"] == "job.updates":
@@ -216,7 +238,7 @@ class SiteJobsConsumer(_ForwardingConsumer):
         site = Site.objects.filter(name=name).first()
         if site is None or not selectors.user_may(user, site, "viewer"):
             return None
-        self.target = site
+        self.target, self.site_pk = site, site.pk
         return events.site_group(site.name)
 
     async def missed_since(self, seq):
@@ -237,7 +259,7 @@ class JobConsumer(_ForwardingConsumer):
         job = Job.objects.select_related("site").filter(pk=self.scope["url_route"]["kwargs"]["job_pk"]).first()
         if job is None or not selectors.user_may(user, job.site, "viewer"):
             return None
-        self.target = job
+        self.target, self.site_pk = job, job.site_id
         return events.job_group(job.pk)
 
     async def missed_since(self, seq):

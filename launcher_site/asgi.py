@@ -1,4 +1,4 @@
-"""ASGI entry point: Django for HTTP, Channels for websockets (session auth, Origin checked)."""
+"""ASGI entry point: Django for HTTP, Channels for websockets (session auth, exact Origin checked)."""
 
 import gc
 import os
@@ -15,15 +15,15 @@ django_asgi_app = OneHopASGIHandler()
 from channels.auth import AuthMiddleware  # noqa: E402
 from channels.sessions import CookieMiddleware  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from jobs.routing import websocket_urlpatterns  # noqa: E402
+from jobs.websocket_origin import SameOriginValidator  # noqa: E402
 from jobs.websocket_sessions import ReadOnlySessionMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
+        "websocket": SameOriginValidator(
             CookieMiddleware(ReadOnlySessionMiddleware(AuthMiddleware(URLRouter(websocket_urlpatterns))))),
     }
 )

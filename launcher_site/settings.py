@@ -1,6 +1,7 @@
 """The only settings module. Everything comes from the environment (see .env.example); with nothing
 set, the embedded default runs on SQLite under var/ and an in-process channel layer and worker."""
 
+import ipaddress
 from pathlib import Path
 
 import dj_database_url
@@ -198,13 +199,27 @@ SPECTACULAR_SETTINGS = {
 
 # Shared by all processes when Redis is there (failed-token counts must be seen by every web process).
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
-          if REDIS_URL else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+          if REDIS_URL else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+          # Per process, by design: API tokens this process found valid (jobs.services.tokens).
+          "tokens": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "tokens",
+                     "OPTIONS": {"MAX_ENTRIES": 1000}}}
 
 # --- Launcher knobs -----------------------------------------------------------------------------
 # How often Celery beat (or the embedded scheduler) reconciles every site against its backend.
 LAUNCHER_RECONCILE_SECONDS = env_int("LAUNCHER_RECONCILE_SECONDS", 30, minimum=1)
 # Failed API token attempts allowed per client address per minute, then 429.
 LAUNCHER_FAILED_TOKEN_LIMIT = env_int("LAUNCHER_FAILED_TOKEN_LIMIT", 20, minimum=1)
+# Failed sign-ins (dashboard and admin) allowed per username and per client address in 5 minutes,
+# then that username / address is refused (429) until the window ends, right password or not.
+LAUNCHER_LOGIN_FAILURE_LIMIT = env_int("LAUNCHER_LOGIN_FAILURE_LIMIT", 10, minimum=1)
+# Reverse proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For / X-Forwarded-Proto are
+# believed (manage.py serve). None by default: the client address is the TCP peer's.
+LAUNCHER_TRUSTED_PROXIES = env_list("LAUNCHER_TRUSTED_PROXIES", [])
+for _proxy in LAUNCHER_TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"LAUNCHER_TRUSTED_PROXIES: {_proxy!r} is not an IP address or CIDR") from None
 # Days a finished job keeps its events and logs tail; the job row itself is kept. 0 = forever.
 LAUNCHER_RETENTION_DAYS = env_int("LAUNCHER_RETENTION_DAYS", 90, minimum=0)
 # Periodic work, run by Celery beat (embedded: inside the web process; production: `celery beat`).
@@ -217,6 +232,10 @@ CELERY_BEAT_SCHEDULE = {
 LAUNCHER_RELAUNCH_AFTER_SECONDS = env_int("LAUNCHER_RELAUNCH_AFTER_SECONDS", 5, minimum=0)
 # Lines of output kept on a job when it ends.
 LAUNCHER_LOGS_TAIL_LINES = env_int("LAUNCHER_LOGS_TAIL_LINES", 200, minimum=0)
+# ...and at most this many bytes of it: every tail kept or served (saved, API, download, live frames).
+LAUNCHER_LOGS_TAIL_BYTES = env_int("LAUNCHER_LOGS_TAIL_BYTES", 256 * 1024, minimum=4096, maximum=16 * 1024 * 1024)
+# A site's connection test answers within this many seconds (2 run at once per process, more get "busy").
+LAUNCHER_CHECK_DEADLINE_SECONDS = env_int("LAUNCHER_CHECK_DEADLINE_SECONDS", 10, minimum=1, maximum=120)
 # Where process-backend sites keep job workspaces when the site sets none.
 LAUNCHER_PROCESS_WORKSPACES = Path(env_str("LAUNCHER_PROCESS_WORKSPACES", str(VAR_DIR / "workspaces")))
 # Watchers take a per-site lease so only one process watches each site.

@@ -5,11 +5,18 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from jobs.health import healthz
+from launcher_site.login_throttle import (ThrottledAdminAuthenticationForm, ThrottledAuthenticationForm,
+                                          answer_429_when_throttled)
+
+# Both sign-in pages count failures and lock out (launcher_site.login_throttle).
+admin.site.login_form = ThrottledAdminAuthenticationForm
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("admin/login/", answer_429_when_throttled(admin.site.login)),  # before the admin's own, same view
     path("admin/", admin.site.urls),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", answer_429_when_throttled(
+        auth_views.LoginView.as_view(authentication_form=ThrottledAuthenticationForm)), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

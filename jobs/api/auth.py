@@ -1,15 +1,21 @@
-"""`Authorization: Token <secret>` for sites (the FL server) and users. Failed attempts are
-throttled per client address."""
+"""`Authorization: Token <secret>` for sites (the FL server) and users.
+
+Failed attempts are counted per client address; over LAUNCHER_FAILED_TOKEN_LIMIT a minute, further
+invalid tokens from that address get 429. The token is always checked first and a valid one always
+passes: an attacker guessing from the FL server's address (or a shared proxy's) can never lock the
+FL server out. The client address is REMOTE_ADDR, which uvicorn takes from X-Forwarded-For only
+when the peer is one of LAUNCHER_TRUSTED_PROXIES (manage.py serve)."""
 
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.cache import cache
 from rest_framework import authentication, exceptions
 
+from jobs.services.throttle import FailureCounter
 from jobs.services.tokens import token_authenticate
 
 FAILED_WINDOW = 60  # seconds; the limit per window is settings.LAUNCHER_FAILED_TOKEN_LIMIT
+failed_tokens = FailureCounter("failed-token", FAILED_WINDOW)
 
 
 class SitePrincipal:
@@ -41,12 +47,13 @@ class TokenAuthentication(authentication.BaseAuthentication):
             return None
         if len(header) != 2:
             raise exceptions.AuthenticationFailed("Invalid token header: use 'Authorization: Token <token>'.")
-        key = f"failed-token:{request.META.get('REMOTE_ADDR', '')}"
-        if _failures(key) >= settings.LAUNCHER_FAILED_TOKEN_LIMIT:
-            raise exceptions.Throttled(wait=FAILED_WINDOW, detail="Too many failed token attempts; try again later.")
         token = token_authenticate(header[1])
         if token is None:
-            _count_failure(key)
+            address = request.META.get("REMOTE_ADDR", "")
+            if failed_tokens.count(address) >= settings.LAUNCHER_FAILED_TOKEN_LIMIT:
+                raise exceptions.Throttled(wait=failed_tokens.retry_after(address),
+                                           detail="Too many failed token attempts; try again later.")
+            failed_tokens.add(address)
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")
         principal = SitePrincipal(token.site) if token.site_id else token.user
         return principal, token
@@ -54,22 +61,3 @@ class TokenAuthentication(authentication.BaseAuthentication):
     def authenticate_header(self, request):
         return self.keyword
 
-
-# The counter lives in the shared cache (Redis). With Redis down the API must keep answering the
-# FL server, so the throttle then fails open: the token itself is still checked in the database.
-def _failures(key: str) -> int:
-    try:
-        return cache.get(key, 0)
-    except Exception:
-        return 0
-
-
-def _count_failure(key: str) -> None:
-    try:
-        cache.add(key, 0, FAILED_WINDOW)
-        try:
-            cache.incr(key)
-        except ValueError:
-            cache.set(key, 1, FAILED_WINDOW)
-    except Exception:
-        pass

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
-import time
 from datetime import timedelta
 
+from django.core.cache import caches
 from django.utils import timezone
 
 from jobs.models import ApiToken
@@ -35,18 +34,19 @@ def token_create(*, site=None, user=None, name: str = "", created_by=None) -> tu
 
 
 def token_authenticate(secret: str) -> ApiToken | None:
+    # The FL server calls many times a second with one token, and looking it up (token, site,
+    # user) was a tenth of the CPU of a job submit. Only valid tokens are kept.
     key_hash = token_hash(secret)
-    token = _recently_checked.get(key_hash)
+    token = caches["tokens"].get(key_hash)
     if token is None:
         token = (ApiToken.objects.select_related("site", "user")
                  .filter(key_hash=key_hash, revoked_at__isnull=True).first())
         if token is None or (token.user is not None and not token.user.is_active):
             return None
-        _recently_checked.put(key_hash, token)
-    now = timezone.now()
-    if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
-        token.last_used_at = now
+        now = timezone.now()
+        if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
+            ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        caches["tokens"].set(key_hash, token, TOKEN_TRUST_SECONDS)
     return token
 
 
@@ -54,36 +54,6 @@ def token_revoke(*, token: ApiToken) -> ApiToken:
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
-    _recently_checked.forget(token.key_hash)  # at once here; other processes within TOKEN_TRUST_SECONDS
+    caches["tokens"].delete(token.key_hash)  # at once here; other processes within TOKEN_TRUST_SECONDS
     return token
 
-
-class _RecentlyChecked:
-    """Tokens this process found valid in the last TOKEN_TRUST_SECONDS, by key hash. The FL server
-    calls many times a second with one token, and looking it up (token, site, user) was a tenth of
-    the CPU of a job submit. Only valid tokens are kept: a wrong one is looked up every time."""
-
-    def __init__(self, max_size: int = 1000):
-        self.max_size = max_size
-        self.lock = threading.Lock()
-        self.entries: dict[str, tuple[float, ApiToken]] = {}
-
-    def get(self, key_hash: str) -> ApiToken | None:
-        with self.lock:
-            entry = self.entries.get(key_hash)
-        if entry is None or time.monotonic() - entry[0] > TOKEN_TRUST_SECONDS:
-            return None
-        return entry[1]
-
-    def put(self, key_hash: str, token: ApiToken) -> None:
-        with self.lock:
-            if len(self.entries) >= self.max_size:
-                self.entries.clear()
-            self.entries[key_hash] = (time.monotonic(), token)
-
-    def forget(self, key_hash: str) -> None:
-        with self.lock:
-            self.entries.pop(key_hash, None)
-
-
-_recently_checked = _RecentlyChecked()

@@ -32,17 +32,38 @@ def test_anonymous_gets_401(process_site, method, url):
     assert response.status_code == 401 and "detail" in response.json()
 
 
-def test_bad_token_is_401_and_repeated_failures_are_throttled(process_site, settings):
-    settings.LAUNCHER_FAILED_TOKEN_LIMIT = 3
+@pytest.fixture
+def no_failures():
+    """Failure counts live in the (per-process, in tests) cache: start and leave it clean."""
     from django.core.cache import cache
-    cache.delete("failed-token:127.0.0.1")
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def test_bad_token_is_401_and_repeated_failures_are_throttled(process_site, settings, no_failures):
+    settings.LAUNCHER_FAILED_TOKEN_LIMIT = 3
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION="Token flr_wrong")
     assert [client.get("/api/v1/jobs/").status_code for _ in range(3)] == [401, 401, 401]
     throttled = client.get("/api/v1/jobs/")
-    assert throttled.status_code == 429 and throttled["Retry-After"] and "detail" in throttled.json()
+    assert throttled.status_code == 429 and 0 < int(throttled["Retry-After"]) <= 60 and "detail" in throttled.json()
     assert client.get("/api/v1/jobs/1/wait/?timeout=0").status_code == 429  # the async view shares the throttle
-    cache.delete("failed-token:127.0.0.1")
+    # Counted per address: another client is not throttled.
+    assert client.get("/api/v1/jobs/", REMOTE_ADDR="10.0.0.2").status_code == 401
+
+
+def test_a_valid_token_passes_after_many_bad_ones_from_the_same_address(process_site, site_token, no_failures):
+    # The FL server's address guessed tokens (or shares a NAT/proxy with someone who did): its own
+    # valid token must keep working, or 20 bad requests would lock it out of the API.
+    bad = APIClient()
+    bad.credentials(HTTP_AUTHORIZATION="Token flr_wrong")
+    codes = [bad.get("/api/v1/jobs/").status_code for _ in range(25)]
+    assert codes[:20] == [401] * 20 and codes[20:] == [429] * 5
+    fl_server = site_token(process_site)
+    assert fl_server.get("/api/v1/jobs/").status_code == 200
+    assert fl_server.get("/api/v1/jobs/1/wait/?timeout=0").status_code == 404  # past auth: no such job
+    assert bad.get("/api/v1/jobs/").status_code == 429  # and the bad ones are still refused
 
 
 def test_site_token_sees_and_touches_only_its_own_sites_jobs(jobs_on_both_sites, site_token, job_args):
@@ -97,8 +118,11 @@ def test_viewer_reads_but_cannot_launch_or_terminate_and_operator_can(jobs_on_bo
 def test_admin_edits_their_site_outsider_sees_nothing_staff_sees_all(jobs_on_both_sites, as_user, user_token, tmp_path):
     mine, theirs = jobs_on_both_sites
     owner = as_user("owner")
-    changed = owner.patch("/api/v1/sites/site-1/", {"allowed_data_roots": [str(tmp_path)]}, format="json")
-    assert changed.status_code == 200 and changed.json()["allowed_data_roots"] == [str(tmp_path)]
+    refused = owner.patch("/api/v1/sites/site-1/", {"allowed_data_roots": [str(tmp_path)]}, format="json")
+    assert refused.status_code == 403  # host-level settings are staff's (tests/api/test_settings_policy.py)
+    process = {**owner.get("/api/v1/sites/site-1/").json()["process"], "default_job_env": {"A": "1"}}
+    changed = owner.patch("/api/v1/sites/site-1/", {"process": process}, format="json")
+    assert changed.status_code == 200 and changed.json()["process"]["default_job_env"] == {"A": "1"}
     assert owner.post("/api/v1/sites/", {"name": "site-9"}, format="json").status_code == 403  # staff only
     # The outsider administers site-2 only: site-1 and its jobs do not exist for them.
     outsider = user_token("outsider")

@@ -38,5 +38,14 @@ class Command(BaseCommand):
                         ws_ping_interval=20, ws_ping_timeout=20, timeout_graceful_shutdown=5,
                         # Job updates are small and go to many sockets: compressing each copy per
                         # socket costs more CPU than the bytes are worth.
-                        ws_per_message_deflate=False)
+                        ws_per_message_deflate=False, **proxy_options())
         self.stdout.write("stopped")
+
+
+def proxy_options() -> dict:
+    """X-Forwarded-For/-Proto are believed only from LAUNCHER_TRUSTED_PROXIES. uvicorn's own default
+    trusts them from loopback, where anyone on the host (or a proxy passing the header through) could
+    set the client address the token and sign-in throttles count by."""
+    if not settings.LAUNCHER_TRUSTED_PROXIES:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": list(settings.LAUNCHER_TRUSTED_PROXIES)}
