@@ -33,6 +33,22 @@ KNOWN_ARGS = frozenset(
      "job_id", "client_name", "root_url", "parent_url", "parent_conn_sec", "service_host",
      "service_port", "target", "scheme", "startup_config_file", "restore_snapshot", "options"}
 )
+# NVFlare 2.9's job modules (client_executor.py / server_engine.py build exe_module as ("-m", these)).
+JOB_MODULES = {
+    "client": "nvflare.private.fed.app.client.worker_process",
+    "server": "nvflare.private.fed.app.server.runner_process",
+}
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
+MODULE_MAX_LENGTH = 200
+# The flag NVFlare's parent uses for each rendered arg (client_executor.py, server_engine.py).
+ROLE_FLAGS = {
+    "client": {"workspace": "-m", "startup_dir": "-w", "job_id": "-n", "client_name": "-c", "parent_url": "-p",
+               "parent_conn_sec": "--parent_conn_sec", "target": "-g", "scheme": "-scheme",
+               "startup_config_file": "-s"},
+    "server": {"workspace": "-m", "startup_config_file": "-s", "app_root": "-r", "job_id": "-n", "parent_url": "-p",
+               "parent_conn_sec": "--parent_conn_sec", "root_url": "-u", "service_host": "--host",
+               "service_port": "--port"},
+}
 # Credentials never go into argv: they travel as these environment variables (JobProcessEnv).
 CREDENTIAL_ENV = {
     "auth_token": "NVFLARE_JOB_AUTH_TOKEN",
@@ -48,13 +64,13 @@ def check_job_id(job_id: Any, field: str = "job_id") -> str:
         raise InvalidJobSpec(field, "a job id is required")
     if len(job_id) > JOB_ID_MAX_LENGTH:
         raise InvalidJobSpec(field, f"must be at most {JOB_ID_MAX_LENGTH} characters")
-    if not JOB_ID_RE.match(job_id):
+    if not JOB_ID_RE.fullmatch(job_id):
         raise InvalidJobSpec(field, "must start with a letter or digit and contain only letters, digits, '.', '_' and '-'")
     return job_id
 
 
 def check_name(name: Any, field: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidJobSpec(field, f"invalid name {name!r}: {NAME_RULE}")
     return name
 
@@ -130,14 +146,14 @@ def portable_resources(job_meta: Mapping[str, Any], site: str) -> dict[str, Any]
         elif key == "num_of_cpus":
             result[key] = check_int(value, path, minimum=1)
         else:
-            if not isinstance(value, str) or not MEMORY_RE.match(value):
+            if not isinstance(value, str) or not MEMORY_RE.fullmatch(value):
                 raise InvalidJobSpec(path, "must be a size such as '512Mi', '4Gi' or '1Ti'")
             result[key] = value
     return result
 
 
 def memory_bytes(value: str) -> int:
-    number, unit = MEMORY_RE.match(value).groups()  # type: ignore[union-attr]
+    number, unit = MEMORY_RE.fullmatch(value).groups()  # type: ignore[union-attr]
     return int(number) * MEMORY_UNITS[unit]
 
 
@@ -179,10 +195,13 @@ def resolve_image(job_image: str | None, study_image: str | None, *, job_id: str
     return image
 
 
-def normalise_job_args(job_args: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
-    """JOB_PROCESS_ARGS as given over JSON: name -> [flag, value]. Unknown names are refused."""
+def normalise_job_args(job_args: Mapping[str, Any], role: str = "client") -> dict[str, tuple[str, Any]]:
+    """JOB_PROCESS_ARGS as given over JSON: name -> [flag, value]. Unknown names are refused; an arg
+    rendered into argv must carry NVFlare's flag for it (ROLE_FLAGS) and a value that cannot inject
+    a flag or break the command line; exe_module must be `["-m", <dotted module name>]`."""
     if not isinstance(job_args, Mapping):
         raise InvalidJobSpec("job_args", "must be a mapping of arg name -> [flag, value]")
+    flags = ROLE_FLAGS.get(role, ROLE_FLAGS["client"])
     result: dict[str, tuple[str, Any]] = {}
     for name, pair in job_args.items():
         path = f"job_args.{name}"
@@ -193,26 +212,62 @@ def normalise_job_args(job_args: Mapping[str, Any]) -> dict[str, tuple[str, Any]
         flag, value = pair
         if value is not None and not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise InvalidJobSpec(path, "value must be a string, a number or null")
+        if isinstance(value, str) and "\0" in value:
+            raise InvalidJobSpec(path, "value must not contain a NUL byte")
+        if name in flags:
+            if flag != flags[name]:
+                raise InvalidJobSpec(path,
+                                     f"a {role} job passes {name} with NVFlare's flag {flags[name]!r}, not {flag!r}")
+            check_arg_value(value, path)
         result[name] = (flag, value)
     if "exe_module" not in result or not result["exe_module"][1]:
         raise InvalidJobSpec("job_args.exe_module", "JOB_PROCESS_ARGS must name the module to run (exe_module)")
+    flag, module = result["exe_module"]
+    if flag != "-m":
+        raise InvalidJobSpec("job_args.exe_module", f"must be ['-m', <module>], not {flag!r}")
+    check_module(module, "job_args.exe_module")
     return result
+
+
+def check_module(value: Any, field: str) -> str:
+    if not isinstance(value, str) or len(value) > MODULE_MAX_LENGTH or not MODULE_RE.fullmatch(value):
+        raise InvalidJobSpec(field, f"must be a dotted Python module name such as {JOB_MODULES['client']!r}")
+    return value
+
+
+def check_arg_value(value: Any, field: str) -> None:
+    """A value rendered right after its flag: no NUL or line break, and nothing argparse would take
+    for another flag (a leading '-')."""
+    text = "" if value is None else str(value)
+    if "\0" in text or "\n" in text or "\r" in text:
+        raise InvalidJobSpec(field, "value must not contain NUL or line-break characters")
+    if text.startswith("-"):
+        raise InvalidJobSpec(field, "value must not start with '-' (it would be read as another flag)")
 
 
 def render_command(
     python_path: str, role: str, args: Mapping[str, tuple[str, Any]], set_options: tuple[str, ...] = ()
 ) -> list[str]:
     """§2: `[python, -u, -m, module, flag, value, ...]` then `--set item...`. Credentials, exe_module
-    and options are never rendered as flags; a None value drops its flag."""
+    and options are never rendered as flags; a None value drops its flag. Every rendered flag and
+    value is checked again here (NVFlare's flag for the role, no flag injection), whoever built `args`."""
     order = SERVER_ARG_ORDER if role == "server" else CLIENT_ARG_ORDER
-    argv = [python_path, "-u", "-m", str(args["exe_module"][1])]
+    flags = ROLE_FLAGS["server" if role == "server" else "client"]
+    exe_flag, module = args["exe_module"]
+    if exe_flag != "-m":
+        raise InvalidJobSpec("job_args.exe_module", f"must be ['-m', <module>], not {exe_flag!r}")
+    argv = [python_path, "-u", "-m", check_module(module, "job_args.exe_module")]
     for name in order:
         if name in args:
             flag, value = args[name]
+            if flag != flags[name]:
+                raise InvalidJobSpec(f"job_args.{name}",
+                                     f"a {role} job passes {name} with NVFlare's flag {flags[name]!r}, not {flag!r}")
+            check_arg_value(value, f"job_args.{name}")
             if value is not None:
                 argv += [flag, str(value)]
     if set_options:
-        argv += ["--set", *set_options]
+        argv += ["--set", *check_set_options(set_options)]
     return argv
 
 
@@ -222,8 +277,15 @@ def credential_env(args: Mapping[str, tuple[str, Any]]) -> dict[str, str]:
 
 
 def check_set_options(value: Any) -> tuple[str, ...]:
+    """The parent's `--set` items (NVFlare passes e.g. `print_conf=True`): KEY=VALUE strings that
+    cannot inject a flag (leading '-') or break the command line (NUL, line breaks)."""
     if value is None:
         return ()
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
         raise InvalidJobSpec("set_options", "must be a list of non-empty strings such as 'key=value'")
+    for i, item in enumerate(value):
+        if "=" not in item or item.startswith(("-", "=")):
+            raise InvalidJobSpec("set_options", f"item {i} must be 'key=value' with a key not starting with '-'")
+        if "\0" in item or "\n" in item or "\r" in item:
+            raise InvalidJobSpec("set_options", f"item {i} must not contain NUL or line-break characters")
     return tuple(value)

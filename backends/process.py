@@ -4,19 +4,25 @@ Each job runs under `process_runner.py` in its own session, with cwd = `<workspa
 the credentials only in its environment. The runner keeps a small JSON state file and a log file in
 `<workspace>/.launcher/`, so jobs survive a dashboard restart and their exit code is never lost.
 The change stream watches those state files (local disk reads, no engine to ask).
+
+Job code is the only thing a submitter controls, so the command is NVFlare's and nothing else:
+`exe_module` must be the role's NVFlare job module (or one staff added to `process.allowed_modules`),
+the flags are NVFlare's (backends.nvflare), and the job runs as the site's unprivileged
+`process.user` (default: the workspace owner; root only with `process.allow_root`) with a fixed PATH.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import signal
+import stat
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 from backends import nvflare
@@ -34,7 +40,9 @@ from backends.base import (
     labels_for,
     state_for_return_code,
 )
+from backends.logtail import read_file_tail
 from backends.paths import under_allowed_roots, workspace_child
+from backends.process_config import ProcessSiteConfig, check_env
 from backends.process_runner import write_state
 
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "process_runner.py")
@@ -44,33 +52,8 @@ STREAM_INTERVAL = 0.05  # seconds between state-dir scans; local stat() calls on
 JOB_KEYS = ("python_path",)
 # Seconds after which a launch lock without a runner, whose launcher process is gone, is abandoned.
 ABANDONED_AFTER = 2.0
-
-
-@dataclass(frozen=True, kw_only=True)
-class ProcessSiteConfig:
-    workspace: str = ""  # host directory holding startup/, local/ and one directory per job
-    default_python_path: str = sys.executable
-    default_job_env: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ProcessSiteConfig:
-        data = dict(data or {})
-        unknown = set(data) - {"workspace", "default_python_path", "default_job_env"}
-        if unknown:
-            raise InvalidJobSpec(f"process.{sorted(unknown)[0]}", "unknown setting")
-        workspace = data.get("workspace", "")
-        if not isinstance(workspace, str) or (workspace and not os.path.isabs(workspace)):
-            raise InvalidJobSpec("process.workspace", "must be an absolute directory path")
-        python_path = nvflare.check_python_path(
-            data.get("default_python_path") or sys.executable, "process.default_python_path"
-        )
-        env = data.get("default_job_env") or {}
-        if not isinstance(env, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            raise InvalidJobSpec("process.default_job_env", "must be a mapping of NAME -> string value")
-        return cls(workspace=workspace, default_python_path=python_path, default_job_env=dict(env))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+# A job's PATH: never the dashboard's (the python's own bin directory is put first).
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def process_name(site: str, job_id: str) -> str:
@@ -118,12 +101,16 @@ class ProcessBackend(Backend):
                 raise InvalidJobSpec(field_name, "a job may choose its python only with locally authorized BYOC")
             python_path = nvflare.check_python_path(options["python_path"], field_name)
         nvflare.portable_resources(request.job_meta, request.site)  # validated; a local process has no limits
-        args = nvflare.normalise_job_args(request.job_args)
+        args = nvflare.normalise_job_args(request.job_args, request.role)
+        self.config.check_module(args["exe_module"][1], request.role)
+        set_options = nvflare.check_set_options(request.set_options)
+        uid, gid = self.config.job_user()
         job_dir = workspace_child(self.config.workspace, request.job_id)
         study = request.study
         datasets = study.datasets if study else ()
         env = dict(self.config.default_job_env)
         if study:
+            check_env(study.env, f"study.{study.name}.env")
             env.update(study.env)
         for ds in datasets:
             # No mounts for a local process: the job finds each dataset through its environment.
@@ -139,19 +126,20 @@ class ProcessBackend(Backend):
             role=request.role,
             name=process_name(self.site, request.job_id),
             image=None,
-            command=tuple(nvflare.render_command(python_path, request.role, args, request.set_options)),
+            command=tuple(nvflare.render_command(python_path, request.role, args, set_options)),
             env=env,
             credentials=nvflare.credential_env(args),
             labels=labels,
             study=study.name if study else None,
             datasets=datasets,
             workdir=job_dir,
+            options={"uid": uid, "gid": gid},
         )
 
     def launch(self, spec: LaunchSpec) -> Handle:
         import subprocess
 
-        os.makedirs(self.state_dir, exist_ok=True)
+        self._ensure_state_dir()
         state_path = self._state_path(spec.name)
         handle = Handle(self.kind, spec.name)
         try:
@@ -165,23 +153,61 @@ class ProcessBackend(Backend):
         with os.fdopen(fd, "w") as f:
             json.dump({"labels": dict(spec.labels), "created_at": time.time(), "launcher_pid": os.getpid()}, f)
         try:
-            os.makedirs(spec.workdir, exist_ok=True)
+            uid, gid = int(spec.options["uid"]), int(spec.options["gid"])
+            self._make_job_dir(spec.workdir, uid, gid)
+            python_dir = os.path.dirname(spec.command[0])
             env = {
-                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                "USER": os.environ.get("USER", "nvflare"),
-                "HOME": os.environ.get("HOME", "/tmp"),
                 **spec.env,
+                # Fixed, never the dashboard's: the job finds only the system's and its python's tools.
+                "PATH": f"{python_dir}:{SAFE_PATH}" if os.path.isabs(python_dir) else SAFE_PATH,
+                "USER": _user_name(uid),
+                "HOME": spec.workdir,
                 **spec.credentials,
             }
-            subprocess.Popen(
-                [sys.executable, RUNNER, state_path, self._log_path(spec.name), "--", *spec.command],
-                cwd=spec.workdir, env=env, start_new_session=True,
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            if any("\0" in key or "\0" in value for key, value in env.items()):
+                raise ValueError("embedded null byte in the job environment")
+            # The runner keeps our user, so it must not run with the job's environment (PYTHONPATH,
+            # LD_PRELOAD...): isolated python, a bare env, and the job's env over a pipe for the child.
+            runner = subprocess.Popen(
+                [sys.executable, "-I", RUNNER, "--user", f"{uid}:{gid}", state_path, self._log_path(spec.name),
+                 "--", *spec.command],
+                cwd=spec.workdir, env={"PATH": SAFE_PATH}, start_new_session=True,
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
-        except OSError as exc:
+            with runner.stdin:  # type: ignore[union-attr]
+                runner.stdin.write(json.dumps(env).encode())  # type: ignore[union-attr]
+        except (OSError, ValueError, KeyError) as exc:
             os.unlink(state_path)  # nothing half-created: the next launch may try again
             raise BackendError(f"cannot start the job process: {exc}") from exc
         return handle
+
+    def _ensure_state_dir(self) -> None:
+        """`.launcher/` is the dashboard's alone (0700, its owner): job code may own the workspace, so
+        a state dir it replaced (or a symlink) is refused rather than trusted."""
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        if not self._state_dir_trusted():
+            raise BackendError(f"{self.state_dir} must be a directory owned by uid {os.geteuid()}, not a symlink")
+        if stat.S_IMODE(os.lstat(self.state_dir).st_mode) & 0o077:
+            os.chmod(self.state_dir, 0o700)
+
+    def _state_dir_trusted(self) -> bool:
+        try:
+            st = os.lstat(self.state_dir)
+        except OSError:
+            return False
+        return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+
+    @staticmethod
+    def _make_job_dir(path: str, uid: int, gid: int) -> None:
+        """Create `<workspace>/<job_id>` for the job user; never follow a symlink planted in its place."""
+        os.makedirs(path, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            st = os.fstat(fd)
+            if (st.st_uid, st.st_gid) != (uid, gid) and os.geteuid() == 0:
+                os.fchown(fd, uid, gid)
+        finally:
+            os.close(fd)
 
     def _abandoned(self, ref: str) -> bool:
         """A launch lock whose launcher died (a killed worker) before the runner recorded its pid.
@@ -195,6 +221,8 @@ class ProcessBackend(Backend):
         return self._observe(handle.ref, self._read_state(handle.ref))
 
     def list_managed(self) -> list[Observation]:
+        if not self._state_dir_trusted():
+            return []
         try:
             names = sorted(os.listdir(self.state_dir))
         except FileNotFoundError:
@@ -239,7 +267,7 @@ class ProcessBackend(Backend):
         seen: dict[str, float] = {}
         while not stop.is_set():
             try:
-                entries = list(os.scandir(self.state_dir))
+                entries = list(os.scandir(self.state_dir)) if self._state_dir_trusted() else []
             except FileNotFoundError:
                 entries = []
             current = set()
@@ -267,11 +295,20 @@ class ProcessBackend(Backend):
             CheckResult(name="python", ok=os.access(self.config.default_python_path, os.X_OK),
                         detail=f"{self.config.default_python_path} must be executable"),
         ]
+        try:
+            uid, gid = self.config.job_user()
+            blocked = _not_traversable(ws, uid, gid)
+            checks.append(CheckResult(name="job user", ok=not blocked, detail=f"jobs run as {uid}:{gid}" + (
+                f", who cannot enter {blocked} (on the way to their job directories)" if blocked else "")))
+        except InvalidJobSpec as exc:
+            checks.append(CheckResult(name="job user", ok=False, detail=f"{exc.field}: {exc.reason}"))
         return checks
 
     # -- internals --------------------------------------------------------------------------
 
     def _read_state(self, ref: str) -> dict[str, Any] | None:
+        if not self._state_dir_trusted():
+            return None
         try:
             with open(self._state_path(ref)) as f:
                 return json.load(f)
@@ -306,6 +343,30 @@ class ProcessBackend(Backend):
         return Observation(ref=ref, job_pk=job_pk, state=JobState.STARTING, at=state.get("created_at"))
 
 
+def _not_traversable(path: str, uid: int, gid: int) -> str | None:
+    """The first directory from / down to `path` that uid:gid may not enter, if any."""
+    if uid == 0:
+        return None
+    parts = os.path.abspath(path).split(os.sep)
+    for i in range(1, len(parts) + 1):
+        current = os.sep.join(parts[:i]) or os.sep
+        try:
+            st = os.stat(current)
+        except OSError:
+            return None  # created at launch, by us
+        bit = 0o100 if st.st_uid == uid else 0o010 if st.st_gid == gid else 0o001
+        if not st.st_mode & bit:
+            return current
+    return None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "nvflare"
+
+
 def _alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -326,13 +387,5 @@ def _wait_for(predicate, *, timeout: float) -> bool:
 
 
 def _tail(path: str, lines: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 256 * 1024))
-            data = f.read()
-    except FileNotFoundError:
-        return ""
-    text = data.decode("utf-8", errors="replace")
-    return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""
+    """The last `lines` lines, byte-capped; reads only the file's last LAUNCHER_LOGS_TAIL_BYTES."""
+    return read_file_tail(path, lines, final_newline=False)

@@ -1,8 +1,13 @@
-"""Supervisor for one process-backend job; run as `python process_runner.py STATE LOG -- argv...`.
+"""Supervisor for one process-backend job; run as
+`python -I process_runner.py [--user UID:GID] STATE LOG -- argv...` with the job's environment as a
+JSON object on stdin (null: inherit ours).
 
 It outlives the dashboard (own session), so a job keeps running across a dashboard restart and its
-exit code is still recorded: the runner writes it into STATE when the child ends. Stdlib only,
-because it runs with the job's environment, not the dashboard's.
+exit code is still recorded: the runner writes it into STATE when the child ends. The runner keeps
+the dashboard's user (it owns STATE, so job code cannot forge an exit code), so it is stdlib only and
+runs isolated with a bare environment: nothing the job's env holds (PYTHONPATH, LD_PRELOAD) reaches
+it. With --user, the job child alone runs as UID:GID with no supplementary groups (needs root;
+without root, UID:GID must be our own).
 """
 
 import json
@@ -29,14 +34,26 @@ def write_state(path: str, **changes) -> None:
 
 
 def main() -> int:
-    state_path, log_path, sep, *argv = sys.argv[1:]
-    assert sep == "--" and argv, "usage: process_runner.py STATE LOG -- argv..."
+    params = sys.argv[1:]
+    drop = {}
+    if params[:1] == ["--user"]:
+        uid, gid = (int(part) for part in params[1].split(":"))
+        params = params[2:]
+        if os.geteuid() == 0:
+            drop = {"user": uid, "group": gid, "extra_groups": []}
+        elif (uid, gid) != (os.geteuid(), os.getegid()):
+            drop = {"user": uid}  # cannot switch without root: let Popen fail and record why
+    state_path, log_path, sep, *argv = params
+    assert sep == "--" and argv, "usage: process_runner.py [--user UID:GID] STATE LOG -- argv..."
+    # The job's environment (credentials included) arrives on stdin, never in our own environment.
+    env = json.loads(sys.stdin.buffer.read() or b"null")
+    sys.stdin.close()
     with open(log_path, "ab", buffering=0) as log:
         try:
             # Own process group, so terminate can kill the job and its children but not this runner.
             child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-        except OSError as exc:
+                                     start_new_session=True, env=env, **drop)
+        except (OSError, ValueError) as exc:
             log.write(f"cannot start {argv[0]}: {exc}\n".encode())
             write_state(state_path, exit_code=127, finished_at=time.time(), reason="ExecFailed", message=str(exc))
             return 127

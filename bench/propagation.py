@@ -676,7 +676,9 @@ def main_process(args) -> None:
     (workspace / "startup").mkdir(parents=True)
     site = Site.objects.create(name="bench", backend="process", process={
         "workspace": str(workspace), "default_python_path": sys.executable,
-        "default_job_env": {"PYTHONPATH": str(FIXTURES)}})
+        "default_job_env": {"PYTHONPATH": str(FIXTURES)},
+        # The fake job module; root only because the venv's python may be unreachable for other uids.
+        "allowed_modules": ["fake_nvflare_job"], "allow_root": True})
     cookie = login_cookie()
     server, base = serve_start(env)
     stop = threading.Event()

@@ -67,7 +67,7 @@ def main() -> None:
         workspace = Path(stack.env["LAUNCHER_VAR_DIR"]) / "ws"
         workspace.mkdir(parents=True, exist_ok=True)
         stack.shell("from jobs.services.catalog import site_create; "
-                    f"site_create(name='site-1', backend='process', process={{'workspace': '{workspace}'}})")
+                    f"site_create(name='site-1', backend='process', process={{'workspace': '{workspace}', 'allow_root': True}})")
         token = stack.site_token("site-1")
         run_wrk(stack.urls, token, copies=1, seconds=2, connections=2, prefix="warm")  # imports, pools, caches
 

@@ -18,6 +18,7 @@ from django.db import transaction
 
 from backends import workload_name
 from backends.base import BackendError, Handle, JobRequest, JobState
+from backends.nvflare import JOB_MODULES  # the command is replaced below; this only passes prepare
 from jobs import events
 from jobs.models import Job, JobEvent, Site
 from jobs.services.launching import job_apply_observation
@@ -79,7 +80,7 @@ def site_probe(*, site: Site, study: str, image: str = "", requested_by=None, ti
     if image and site.backend != "process":
         job_meta["launcher_spec"] = {site.name: {mode: {"image": image}}}
     request = JobRequest(site=site.name, job_pk="0", job_id=job_id, job_meta=job_meta,
-                         job_args={"exe_module": ["-m", "probe"], "job_id": ["-n", job_id]}, study=runtime)
+                         job_args={"exe_module": ["-m", JOB_MODULES["client"]], "job_id": ["-n", job_id]}, study=runtime)
     backend.prepare(request)  # InvalidJobSpec before anything is recorded
 
     with transaction.atomic():

@@ -1,14 +1,13 @@
 """The process backend with real subprocesses."""
 
 import json
-import sys
 import threading
 
 import pytest
 
 from backends.base import InvalidJobSpec, JobRequest, JobState, ReturnCode
 from backends.process import ProcessBackend, ProcessSiteConfig
-from tests.conftest import FIXTURES, client_job_args
+from tests.conftest import client_job_args, job_runtime, process_settings
 from tests.util import wait_until
 
 pytestmark = pytest.mark.embedded
@@ -16,10 +15,7 @@ pytestmark = pytest.mark.embedded
 
 @pytest.fixture
 def backend(workspace, data_root):
-    config = ProcessSiteConfig.from_dict({
-        "workspace": str(workspace),
-        "default_job_env": {"PYTHONPATH": str(FIXTURES), "SITE_DEFAULT": "yes"},
-    })
+    config = ProcessSiteConfig.from_dict(process_settings(workspace))
     return ProcessBackend(site="site-1", config=config, allowed_data_roots=(str(data_root),))
 
 
@@ -89,7 +85,7 @@ def test_credentials_reach_env_but_not_argv_or_redacted_spec(backend, workspace)
 def test_command_follows_nvflare_client_order(backend):
     spec = backend.prepare(request("job-cmd", options=["a=1", "b=2"]))
     assert list(spec.command) == [
-        sys.executable, "-u", "-m", "fake_nvflare_job",
+        job_runtime()["python"], "-u", "-m", "fake_nvflare_job",
         "-m", "/ws", "-w", "/ws/startup", "-n", "job-cmd", "-c", "site-1", "-p", "tcp://localhost:8004",
         "--parent_conn_sec", "clear", "-scheme", "tcp", "-s", "fed_client.json", "--set", "a=1", "b=2",
     ]
@@ -126,6 +122,7 @@ def test_stream_reports_exit(backend):
 
 @pytest.mark.parametrize("job_id, phrase", [
     ("../escape", "must start with a letter or digit"),
+    ("job-1\n", "must start with a letter or digit"),
     ("startup", "reserved workspace name"),
     ("local", "reserved workspace name"),
 ])

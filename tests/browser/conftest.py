@@ -32,8 +32,10 @@ ws, data, fixtures, password = sys.argv[-4:]
 User = get_user_model()
 alice = User.objects.create_user("alice", password=password)
 bob = User.objects.create_user("bob", password=password)
+sam = User.objects.create_user("sam", password=password, is_staff=True)  # platform staff: host-level settings
 site_a = catalog.site_create(name="site-a", backend="process", allowed_data_roots=[data],
-    process={"workspace": ws + "/site-a", "default_job_env": {"PYTHONPATH": fixtures}})
+    process={"workspace": ws + "/site-a", "default_job_env": {"PYTHONPATH": fixtures},
+             "allowed_modules": ["fake_nvflare_job"], "allow_root": True})  # pytest's tmp dirs are 0700
 site_b = catalog.site_create(name="site-b", backend="process", process={"workspace": ws + "/site-b"})
 site_c = catalog.site_create(name="site-c", backend="process", process={"workspace": ws + "/site-c"})
 SiteMembership.objects.create(site=site_a, user=alice, role=Role.ADMIN)

@@ -299,10 +299,11 @@ def assert_browser_saw_every_change(listener: Listener, history: dict[str, list[
 
 
 @pytest.fixture
-def counted_site(process_site, tmp_path) -> tuple[Site, Path]:
+def counted_site(process_site, workspace) -> tuple[Site, Path]:
     """The process site, its jobs appending one line each to a file when they start."""
-    starts = tmp_path / "starts.log"
+    starts = workspace / "starts.log"  # where the unprivileged job user can reach it
     starts.touch()
+    starts.chmod(0o666)
     process_site.process = {**process_site.process, "default_job_env": {
         **process_site.process["default_job_env"], "FAKE_JOB_STARTS": str(starts)}}
     process_site.save()
