@@ -37,16 +37,20 @@ from backends.base import (
     Observation,
     ReturnCode,
 )
-from backends.docker_mounts import confined_source, ensure_job_dir, workspace_dir
+from backends.docker_binds import Pin, Root, verify
+from backends.docker_mounts import bind_pins, confined_source, ensure_job_dir, workspace_dir
 from backends.docker_observe import (
     STREAM_ACTIONS, event_key, observation_from_container, observation_from_event, observation_from_summary,
 )
 from backends.docker_prepare import launch_spec_for
 from backends.docker_specs import DockerSiteConfig, create_kwargs
+from backends.logtail import cap_tail, tail_max_bytes
 
 __all__ = ["DockerBackend", "DockerSiteConfig"]
 
 LOGS_TAIL = 200  # lines kept on terminal observations, read before cleanup() removes the container
+LOGS_PROBE_LINES = 1_000  # read first; more only when these are short (a Docker log entry is <= 16 KiB)
+LOGS_MAX_LINES = 10_000
 STOP_POLL_S = 0.5  # how often stream() looks at its stop event while the daemon is quiet
 # The daemon is gone or going: refused, timed out, or a response cut off mid-body (ChunkedEncodingError).
 CONNECTION_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
@@ -61,7 +65,10 @@ class DockerBackend(Backend):
     def __init__(self, *, site: str, config: DockerSiteConfig, allowed_data_roots: tuple[str, ...] = ()):
         self.site = site
         self.config = config
-        self.allowed_data_roots = tuple(os.path.realpath(root) for root in allowed_data_roots)
+        # Staff-configured roots are trusted: resolved once here. Nothing below them follows a symlink.
+        self.data_roots = tuple(Root.of(root) for root in allowed_data_roots if root)
+        self.allowed_data_roots = tuple(root.real for root in self.data_roots)
+        self.shared_root = Root.of(config.shared_file_root) if config.shared_file_root else None
         self._client: docker.DockerClient | None = None
         self._network_checked = False
         self._lock = threading.Lock()
@@ -76,7 +83,7 @@ class DockerBackend(Backend):
     def prepare(self, request: JobRequest) -> LaunchSpec:
         """See backends/docker_prepare.py; raises InvalidJobSpec naming the offending field."""
         return launch_spec_for(request, backend_site=self.site, config=self.config,
-                               allowed_data_roots=self.allowed_data_roots)
+                               data_roots=self.data_roots, shared_root=self.shared_root)
 
     # -----------------------------------------------------------------------------------------
     # daemon plumbing
@@ -130,20 +137,32 @@ class DockerBackend(Backend):
         client = self._docker()
         with self._errors(f"launch job {spec.job_id}"):
             self._ensure_network(client)
-            ensure_job_dir(spec)
+            workspace = workspace_dir(self.config.workspace)
+            ensure_job_dir(spec, workspace)
+            roots = [Root(configured=workspace, real=workspace), *self.data_roots]
+            pins = bind_pins(spec, workspace, roots + ([self.shared_root] if self.shared_root else []))
             try:
                 container = self._create(client, spec)
             except APIError as exc:
                 if exc.status_code != 409:
                     raise
-                return self._adopt(client, spec)
-            try:
-                container.start()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    container.remove(force=True)
-                raise
+                return self._adopt(client, spec, pins)
+            self._start_checked(container, pins)
         return Handle(backend=self.kind, ref=spec.name)
+
+    @staticmethod
+    def _start_checked(container: Any, pins: list[Pin]) -> None:
+        """Start `container` only if every bind source is still what launch() pinned, else remove it
+        and fail permanently. Docker mounts by path: the window left inside start() (runc's mount)
+        is described in backends/docker_binds.py; the verify after start catches a lasting swap."""
+        try:
+            verify(pins, "before the container started")
+            container.start()
+            verify(pins, "while the container started")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+            raise
 
     def _create(self, client: docker.DockerClient, spec: LaunchSpec) -> Any:
         kwargs = create_kwargs(spec)
@@ -161,7 +180,7 @@ class DockerBackend(Backend):
             raise BackendError(f"image {spec.image!r} not found for job {spec.job_id}: the pull failed") from None
         return client.containers.create(**kwargs)
 
-    def _adopt(self, client: docker.DockerClient, spec: LaunchSpec) -> Handle:
+    def _adopt(self, client: docker.DockerClient, spec: LaunchSpec, pins: list[Pin]) -> Handle:
         container = client.containers.get(spec.name)
         labels = container.labels or {}
         if labels.get(LABEL_JOB_PK) != spec.job_pk or labels.get(LABEL_SITE) != self.site:
@@ -170,7 +189,7 @@ class DockerBackend(Backend):
                 f"({labels.get(LABEL_SITE)!r}/{labels.get(LABEL_JOB_PK)!r}); remove it by hand"
             )
         if container.status == "created":
-            container.start()
+            self._start_checked(container, pins)
         return Handle(backend=self.kind, ref=spec.name)
 
     def inspect(self, handle: Handle) -> Observation:
@@ -246,10 +265,20 @@ class DockerBackend(Backend):
 
     @staticmethod
     def _read_logs(container: Any, tail: int) -> str:
+        """The last `tail` lines (at most LOGS_MAX_LINES), byte-capped (backends.logtail). Not
+        streamed: the SDK's log stream drops the socket timeout and hides a cut-off response."""
+        if tail <= 0:
+            return ""
         try:
-            return container.logs(stdout=True, stderr=True, tail=tail).decode("utf-8", "replace")
+            # First the newest LOGS_PROBE_LINES: when they already fill the byte cap (long lines),
+            # older ones would be cut anyway and are never fetched.
+            first = min(tail, LOGS_PROBE_LINES)
+            data = container.logs(stdout=True, stderr=True, tail=first)
+            if tail > first and len(data) < tail_max_bytes() and data.count(b"\n") >= first:
+                data = container.logs(stdout=True, stderr=True, tail=min(tail, LOGS_MAX_LINES))
         except NotFound:
             return ""
+        return cap_tail(data, lines=tail)
 
     def cleanup(self, handle: Handle) -> None:
         with self._errors(f"remove {handle.ref}"):
@@ -352,8 +381,10 @@ class DockerBackend(Backend):
                 results.append(CheckResult(name="network", ok=True, detail=f"{self.config.network} exists"))
             except BackendError as exc:
                 results.append(CheckResult(name="network", ok=False, detail=str(exc)))
+        workspace_ok = False
         try:
             workspace = workspace_dir(self.config.workspace)
+            workspace_ok = True
             writable = os.access(workspace, os.W_OK)
             results.append(CheckResult(name="workspace", ok=writable,
                                        detail=f"{workspace} " + ("is writable" if writable else "is not writable")))
@@ -362,7 +393,8 @@ class DockerBackend(Backend):
         for dataset in datasets:
             name = f"dataset {dataset.study}/{dataset.name}"
             try:
-                source = confined_source(dataset.source, name, allowed_roots=self.allowed_data_roots,
+                source = confined_source(dataset.source, name, data_roots=self.data_roots,
+                                         workspace=workspace if workspace_ok else "",
                                          docker_host=self.config.docker_host)
                 results.append(CheckResult(name=name, ok=True, detail=f"{source} present"))
             except InvalidJobSpec as exc:

@@ -7,18 +7,19 @@ from __future__ import annotations
 
 from backends import nvflare
 from backends.base import InvalidJobSpec, JobRequest, LaunchSpec, labels_for
+from backends.docker_binds import Root
 from backends.docker_mounts import (
     check_job_dir,
-    confined_source,
+    check_nested,
     dataset_mount,
     job_user,
     python_path_dirs,
+    shared_mount,
     workspace_dir,
 )
 from backends.docker_specs import (
     CONTAINER_ROOT,
     DockerSiteConfig,
-    bind,
     check_container_kwargs,
     check_env,
     check_job_options,
@@ -31,11 +32,13 @@ from backends.docker_specs import (
 
 
 def launch_spec_for(
-    request: JobRequest, *, backend_site: str, config: DockerSiteConfig, allowed_data_roots: tuple[str, ...]
+    request: JobRequest, *, backend_site: str, config: DockerSiteConfig, data_roots: tuple[Root, ...],
+    shared_root: Root | None = None,
 ) -> LaunchSpec:
     """Validate `request` against the site's Docker settings and build its LaunchSpec. Raises
-    InvalidJobSpec naming the offending field. `allowed_data_roots` must already be resolved
-    (realpath); `backend_site` is the site the backend serves, used for the container labels."""
+    InvalidJobSpec naming the offending field. `data_roots` and `shared_root` are the staff-trusted
+    roots (Root.of: as configured and realpath'd); `backend_site` is the site the backend serves,
+    used for the container labels."""
     site, job_id, study = request.site, request.job_id, request.study
     check_workspace_child(job_id, "job_id")
     nvflare.check_job_id(job_id)
@@ -71,13 +74,14 @@ def launch_spec_for(
 
     workspace = workspace_dir(config.workspace)
     check_job_dir(workspace, job_id)
-    roots = {"allowed_roots": allowed_data_roots, "docker_host": config.docker_host}
+    roots = {"data_roots": data_roots, "workspace": workspace, "docker_host": config.docker_host}
     mounts = workspace_mounts(workspace, job_id)
     for dataset in study.datasets if study else ():
         mounts.append(dataset_mount(dataset, study.name, **roots))
     if shared_dir:
-        source = confined_source(shared_dir, "job_args.parent_url", **roots, extra_roots=(workspace,))
-        mounts.append(bind(source, shared_dir, read_only=False))
+        sources = [m["Source"] for m in mounts[4:]] + [d.source for d in (study.datasets if study else ())]
+        mounts.append(shared_mount(shared_dir, shared_root=shared_root, dataset_sources=sources, **roots))
+    check_nested(mounts)
 
     study_env = check_env(study.env, f"study.{study.name}.env") if study else {}
     env = {**config.default_job_env, **study_env, "USER": "nvflare", "HOME": "/tmp"}
@@ -99,6 +103,13 @@ def launch_spec_for(
         "mounts": mounts, "working_dir": workdir,
         "user": job_user(config.user, workspace, allow_root=config.allow_root), "labels": labels,
     }
+    # Launcher-owned hardening, set after the merge so site/study kwargs cannot weaken it (their
+    # cap_drop only counts once the site keeps Docker's default capabilities; security_opt is
+    # never allowed there). Staff may relax each per site.
+    if not config.allow_default_capabilities:
+        options["cap_drop"] = ["ALL"]
+    if not config.allow_privilege_escalation:
+        options["security_opt"] = ["no-new-privileges:true"]
     return LaunchSpec(
         backend="docker", site=site, job_pk=str(request.job_pk), job_id=job_id, role=request.role,
         name=name, image=image, command=tuple(command), env=env, credentials=nvflare.credential_env(args),

@@ -167,10 +167,10 @@ def test_job_id_must_be_a_safe_workspace_child(backend, docker_request, job_id, 
         backend.prepare(request)
 
 
-def test_job_dir_symlink_out_of_workspace_escapes(backend, docker_request, docker_workspace, tmp_path):
+def test_job_dir_symlink_out_of_workspace_refused(backend, docker_request, docker_workspace, tmp_path):
     (tmp_path / "elsewhere").mkdir()
     os.symlink(tmp_path / "elsewhere", docker_workspace / "job-1")
-    with pytest.raises(InvalidJobSpec, match="escapes workspace"):
+    with pytest.raises(InvalidJobSpec, match="must not be a symlink"):
         backend.prepare(docker_request(job_id="job-1"))
 
 
@@ -220,10 +220,10 @@ def test_dataset_outside_allowed_roots_refused(backend, docker_request, tmp_path
     assert error.value.field == "study.cancer.datasets.d.source"
 
 
-def test_dataset_symlink_is_followed_before_the_root_check(backend, docker_request, docker_data_root, tmp_path):
+def test_dataset_symlink_is_refused_and_dotdot_is_lexical(backend, docker_request, docker_data_root, tmp_path):
     (tmp_path / "private").mkdir()
     os.symlink(tmp_path / "private", docker_data_root / "sneaky")
-    with pytest.raises(InvalidJobSpec, match="outside the site's allowed data roots"):
+    with pytest.raises(InvalidJobSpec, match="sneaky must not be a symlink"):
         backend.prepare(docker_request(study=_study_with_source(str(docker_data_root / "sneaky"))))
     with pytest.raises(InvalidJobSpec, match="outside the site's allowed data roots"):
         backend.prepare(docker_request(study=_study_with_source(f"{docker_data_root}/../private")))
@@ -256,8 +256,10 @@ def test_bad_dataset_mode_refused(backend, docker_request, docker_data_root):
         backend.prepare(docker_request(study=_study_with_source(str(docker_data_root / "images"), mode="rwx")))
 
 
-def test_shared_file_parent_dir_is_bound_rw(backend, docker_request, docker_data_root):
-    shared = docker_data_root / "scratch"
+def test_shared_file_parent_dir_is_bound_rw(make_docker_backend, docker_request, tmp_path):
+    shared = tmp_path / "shared" / "run-1"
+    shared.mkdir(parents=True)
+    backend = make_docker_backend(docker_host=NO_DAEMON, shared_file_root=str(tmp_path / "shared"))
     spec = backend.prepare(docker_request(job_args={"parent_url": ["-p", f"shared-file://0{shared}"]}))
     assert spec.options["mounts"][-1] == {"Type": "bind", "Source": str(shared), "Target": str(shared), "ReadOnly": False}
     assert f"shared-file://0{shared}" in spec.command

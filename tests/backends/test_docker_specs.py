@@ -36,7 +36,8 @@ def test_config_defaults_round_trip():
         "workspace": "/srv/ws", "network": "nvflare-network", "timeout": 30,
         "default_python_path": "/usr/local/bin/python", "default_job_container_kwargs": {},
         "default_job_env": {}, "user": "", "allow_root": False, "allow_job_images": False,
-        "allow_host_ipc": False, "allow_pull": False, "docker_host": "",
+        "allow_host_ipc": False, "allow_pull": False, "docker_host": "", "shared_file_root": "",
+        "allow_default_capabilities": False, "allow_privilege_escalation": False,
     }
     assert DockerSiteConfig.from_dict(config.to_dict()) == config
 
@@ -64,12 +65,32 @@ def test_config_python_path_alias():
         ({"allow_root": "yes"}, "docker.allow_root"),
         ({"docker_host": "/var/run/docker.sock"}, "docker.docker_host"),
         ({"privileged": True}, "docker.privileged"),
+        ({"allow_default_capabilities": "yes"}, "docker.allow_default_capabilities"),
+        ({"allow_privilege_escalation": 1}, "docker.allow_privilege_escalation"),
+        ({"shared_file_root": "relative"}, "docker.shared_file_root"),
+        ({"shared_file_root": "/"}, "docker.shared_file_root"),
+        ({"shared_file_root": "/srv/shared/../ws"}, "docker.shared_file_root"),
+        ({"shared_file_root": "/srv/ws", "workspace": "/srv/ws"}, "docker.shared_file_root"),
+        ({"shared_file_root": "/srv", "workspace": "/srv/ws"}, "docker.shared_file_root"),
+        ({"shared_file_root": "/srv/ws/shared", "workspace": "/srv/ws"}, "docker.shared_file_root"),
+        ({"shared_file_root": "/var/run"}, "docker.shared_file_root"),
+        ({"shared_file_root": "/run"}, "docker.shared_file_root"),
+        ({"shared_file_root": "/var"}, "docker.shared_file_root"),
+        ({"shared_file_root": "/srv/engine", "docker_host": "unix:///srv/engine/d.sock"}, "docker.shared_file_root"),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(data, field):
     with pytest.raises(InvalidJobSpec) as error:
         DockerSiteConfig.from_dict(data)
     assert error.value.field == field
+
+
+def test_config_shared_file_root_and_hardening_switches():
+    config = DockerSiteConfig.from_dict({"workspace": "/srv/ws", "shared_file_root": "/srv/shared/",
+                                         "allow_default_capabilities": True, "allow_privilege_escalation": True})
+    assert (config.shared_file_root, config.allow_default_capabilities, config.allow_privilege_escalation) == (
+        "/srv/shared", True, True)
+    assert DockerSiteConfig.from_dict({"workspace": "/srv/ws", "shared_file_root": "/srv/ws2"}).shared_file_root == "/srv/ws2"
 
 
 def test_config_root_user_needs_allow_root():
