@@ -73,6 +73,9 @@ class DockerSiteConfig:
     allow_host_ipc: bool = False
     allow_pull: bool = False
     docker_host: str = ""  # "" -> DOCKER_HOST / the default socket
+    shared_file_root: str = ""  # host dir shared-file parent dirs must lie strictly under; "" -> refused
+    allow_default_capabilities: bool = False  # keep Docker's default capability set (no cap_drop ALL)
+    allow_privilege_escalation: bool = False  # no no-new-privileges (setuid binaries work in the job)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DockerSiteConfig:
@@ -88,7 +91,8 @@ class DockerSiteConfig:
             if key not in known:
                 raise InvalidJobSpec(f"docker.{key}", f"unknown setting; expected one of {', '.join(sorted(known))}")
         values: dict[str, Any] = {}
-        for key in ("allow_root", "allow_job_images", "allow_host_ipc", "allow_pull"):
+        for key in ("allow_root", "allow_job_images", "allow_host_ipc", "allow_pull",
+                    "allow_default_capabilities", "allow_privilege_escalation"):
             if key in data:
                 if not isinstance(data[key], bool):
                     raise InvalidJobSpec(f"docker.{key}", "must be true or false")
@@ -98,11 +102,13 @@ class DockerSiteConfig:
         if "network" in data:
             if not isinstance(data["network"], str) or not NETWORK_RE.match(data["network"]):
                 raise InvalidJobSpec("docker.network", "must be a Docker network name")
+            if data["network"] == "host":  # the host's network namespace, as network_mode: host (NEVER_ALLOWED)
+                raise InvalidJobSpec("docker.network", "'host' shares the host's network namespace and is never allowed")
             values["network"] = data["network"]
         if "timeout" in data:
             timeout = data["timeout"]
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-                raise InvalidJobSpec("docker.timeout", "must be a number of seconds > 0")
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 120:
+                raise InvalidJobSpec("docker.timeout", "must be a number of seconds > 0 and <= 120")
             values["timeout"] = timeout
         if "default_python_path" in data:
             values["default_python_path"] = nvflare.check_python_path(data["default_python_path"], "docker.default_python_path")
@@ -120,6 +126,9 @@ class DockerSiteConfig:
             if not isinstance(host, str) or (host and not host.startswith(DOCKER_HOST_SCHEMES)):
                 raise InvalidJobSpec("docker.docker_host", f"must be empty or a URL starting with one of {', '.join(DOCKER_HOST_SCHEMES)}")
             values["docker_host"] = host
+        if "shared_file_root" in data:
+            values["shared_file_root"] = _check_shared_file_root(
+                data["shared_file_root"], values.get("workspace", ""), values.get("docker_host", ""))
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,6 +148,28 @@ def _check_host_dir(value: Any, path: str, *, allow_empty: bool = False) -> str:
     if _normpath(value) != value or value == "/":
         raise InvalidJobSpec(path, "must be a normalised absolute path (no '.', '..' or '//') other than '/'")
     return value
+
+
+def _check_shared_file_root(value: Any, workspace: str, docker_host: str) -> str:
+    """docker.shared_file_root: empty, or a normalised absolute dir that neither is, contains nor
+    lies inside the workspace, and holds no Docker socket (checked as text; launch re-checks the
+    resolved paths)."""
+    path = "docker.shared_file_root"
+    root = _check_host_dir(value, path, allow_empty=True)
+    if not root:
+        return ""
+    if workspace and (_under(root, workspace) or _under(workspace, root)):
+        raise InvalidJobSpec(path, f"{root} overlaps the workspace {workspace}")
+    sockets = [*DEFAULT_SOCKETS, posixpath.dirname(DEFAULT_SOCKETS[0]), posixpath.dirname(DEFAULT_SOCKETS[1])]
+    if docker_host.startswith("unix://"):
+        sockets.append(docker_host.removeprefix("unix://"))
+    if any(_under(socket, root) for socket in sockets):
+        raise InvalidJobSpec(path, f"{root} is or contains the Docker socket's directory")
+    return root
+
+
+def _under(path: str, base: str) -> bool:
+    return path == base or path.startswith(base.rstrip("/") + "/")
 
 
 def _normpath(value: str) -> str:

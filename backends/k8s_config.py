@@ -15,6 +15,7 @@ from typing import Any
 from kubernetes import client
 
 from backends import k8s_manifests as km
+from backends import k8s_pod_security as pss
 from backends import nvflare
 from backends.base import InvalidJobSpec, JobRequest, LaunchSpec, labels_for
 
@@ -45,6 +46,7 @@ class KubernetesSiteConfig:
     startup_dir: str | None = None  # host path of the parent's startup kit, copied into a Secret
     parent_fqcn: str | None = None  # NVFL_WORKSPACE_OWNER_FQCN; None -> the site name
     request_timeout: float = 10  # seconds for each API call (Celery tasks rely on it to stay bounded)
+    pod_security: str = pss.DEFAULT_LEVEL  # staff-only: the Pod Security Standard study pod_templates must meet
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> KubernetesSiteConfig:
@@ -87,14 +89,17 @@ class KubernetesSiteConfig:
         if fqcn is not None and (not isinstance(fqcn, str) or not fqcn.strip()):
             raise InvalidJobSpec("kubernetes.parent_fqcn", "must be a non-blank string")
         request_timeout = data.get("request_timeout", d.request_timeout)
-        if not _number(request_timeout) or request_timeout <= 0:
-            raise InvalidJobSpec("kubernetes.request_timeout", "must be a positive number of seconds")
+        if not _number(request_timeout) or not 0 < request_timeout <= 120:
+            raise InvalidJobSpec("kubernetes.request_timeout", "must be a positive number of seconds, at most 120")
+        pod_security = data.get("pod_security") or d.pod_security
+        if pod_security not in pss.LEVELS:
+            raise InvalidJobSpec("kubernetes.pod_security", f"must be one of {', '.join(pss.LEVELS)}")
         return cls(
             config_file_path=path, namespace=namespace, timeout=timeout, pending_timeout=pending,
             default_python_path=python_path, security_context=dict(security_context),
             ephemeral_storage=storage, workspace_mount_path=mount.rstrip("/") or "/",
             image_pull_secrets=tuple(secrets), startup_dir=startup_dir, parent_fqcn=fqcn,
-            request_timeout=request_timeout,
+            request_timeout=request_timeout, pod_security=pod_security,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -202,6 +207,10 @@ def prepare_spec(site: str, config: KubernetesSiteConfig, request: JobRequest) -
     warnings: list[str] = []
     if study is not None and study.pod_template is not None:
         field_name = f"study.{study.name}.pod_template"
+        violations = pss.template_violations(study.pod_template, config.pod_security, prefix=field_name)
+        if violations:  # checked at save too; the site's level may have been lowered since
+            raise InvalidJobSpec(field_name, f"breaks the site's pod_security level {config.pod_security}: "
+                                             + "; ".join(violations))
         pod, warnings = km.merge_pod_template(study.pod_template, pod, field_name=field_name)
         try:
             client.V1Pod.model_validate(pod)  # the client refuses unknown fields: say so now, not at launch

@@ -42,6 +42,7 @@ from backends.k8s_api import LOGS_TAIL, KubeApiError, KubeApiMixin
 from backends.k8s_config import BACKEND_KIND, KubernetesSiteConfig, prepare_spec
 from backends.k8s_pending import PendingTimer, classify_pending, event_time, pod_observation
 from backends.k8s_watch import WatchFeed
+from backends.logtail import cap_tail
 
 __all__ = ["KubernetesBackend", "KubernetesSiteConfig"]
 
@@ -263,7 +264,8 @@ class KubernetesBackend(KubeApiMixin, Backend):
 
     def logs(self, handle: Handle, *, tail: int = LOGS_TAIL) -> str:
         pod = self._read_pod(handle.ref)
-        return self._logs_tail(pod, tail=tail, quiet=False) if pod else ""
+        # tail_lines bounds what the API returns; the byte cap applies after (backends.logtail)
+        return cap_tail(self._logs_tail(pod, tail=tail, quiet=False), lines=tail) if pod else ""
 
     def cleanup(self, handle: Handle) -> None:
         """Delete a finished pod and its credential Secret (after the job record is complete).

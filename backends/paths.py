@@ -45,3 +45,16 @@ def under_allowed_roots(source: str, roots: Iterable[str], field: str) -> str:
     if not os.path.exists(resolved):
         raise InvalidJobSpec(field, f"{source} does not exist")
     return resolved
+
+
+def overlaps_protected(source: str, protected: Iterable[str]) -> str | None:
+    """The first of `protected` (a site's workspace, the Docker socket...) that the dataset
+    `source` is, contains or lies inside, symlinks resolved; None when it touches none of them."""
+    resolved = os.path.realpath(source)
+    for path in protected:
+        if not path:
+            continue
+        target = os.path.realpath(path)
+        if resolved == target or os.path.commonpath([resolved, target]) in (resolved, target):
+            return path
+    return None

@@ -207,12 +207,19 @@ def _number_or_text(value: str) -> Any:
     return value
 
 
+STAFF_MANAGED = "Managed by platform staff."
+
+
 class SiteSettingsForm(forms.Form):
+    """For staff every setting is editable. For a site admin (`staff=False`) the staff-only ones
+    (jobs.services.policy) are shown disabled and keep their stored value when not submitted; a
+    submitted different value is refused by the catalog with the API's message, on that field."""
+
     name = forms.CharField(label="Site name", max_length=63)
     backend = forms.ChoiceField(label="Backend", choices=Backend.choices)
     allowed_data_roots = LinesField(label="Allowed data roots (one absolute path per line)")
 
-    def __init__(self, *args, site=None, **kwargs):
+    def __init__(self, *args, site=None, staff: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.kinds: dict[str, list[str]] = {}
         self.defaults: dict[str, dict[str, Any]] = {}
@@ -223,7 +230,7 @@ class SiteSettingsForm(forms.Form):
                 name = f"{kind}__{f.name}"
                 self.fields[name] = _field_for(kind, f)
                 self.kinds[kind].append(name)
-            if site is not None and not self.is_bound:
+            if site is not None:  # also when bound: locked fields fall back to these
                 for key, value in (getattr(site, kind) or {}).items():
                     if f"{kind}__{key}" in self.fields:
                         self.initial[f"{kind}__{key}"] = "" if value is None else value
@@ -231,6 +238,33 @@ class SiteSettingsForm(forms.Form):
             self.initial.setdefault("name", site.name)
             self.initial.setdefault("backend", site.backend)
             self.initial.setdefault("allowed_data_roots", site.allowed_data_roots)
+        self.locked = [] if staff else self._lock_staff_fields()
+
+    def _lock_staff_fields(self) -> list[str]:
+        from jobs.services.policy import SITE_ADMIN_SETTINGS
+
+        locked = []
+        for name, form_field in self.fields.items():
+            kind, _, key = name.partition("__")
+            if key in SITE_ADMIN_SETTINGS.get(kind, ()):
+                continue
+            locked.append(name)
+            form_field.widget.attrs["disabled"] = True
+            form_field.help_text = f"{form_field.help_text} {STAFF_MANAGED}".strip()
+        if self.is_bound:  # browsers do not send disabled fields: those keep the stored value
+            data = self.data.copy()
+            for name in locked:
+                if name in data:
+                    continue
+                value = self.initial.get(name)
+                if isinstance(self.fields[name], forms.BooleanField):
+                    if value:
+                        data[name] = "on"
+                elif value not in (None, "", {}, []):
+                    prepared = self.fields[name].prepare_value(value)
+                    data[name] = prepared if isinstance(prepared, str) else str(prepared)
+            self.data = data
+        return locked
 
     def fieldsets(self):
         return [(kind, [self[name] for name in names]) for kind, names in self.kinds.items()]
@@ -279,12 +313,17 @@ def _looks_numeric_field(kind: str, key: str) -> bool:
 
 
 class StudyForm(forms.Form):
+    FIELD_MAP = {"docker_kwargs.": "docker_kwargs", "pod_template.": "pod_template"}
+
     name = forms.CharField(label="Study name", max_length=63)
     description = forms.CharField(label="Description", required=False, max_length=200)
     image = forms.CharField(label="Container image", required=False, max_length=255)
     env = KeyValueField(label="Environment (NAME=value per line)")
-    docker_kwargs = JSONField(label="Docker run options (JSON, Docker sites)", empty={})
-    pod_template = JSONField(label="Pod template (JSON, Kubernetes sites)", empty=None)
+    docker_kwargs = JSONField(label="Docker run options (JSON, Docker sites)", empty={},
+                              help_text="Site admins may set resource limits (mem_limit, nano_cpus, shm_size, "
+                                        "pids_limit, ulimits, device_requests...); other options need platform staff.")
+    pod_template = JSONField(label="Pod template (JSON, Kubernetes sites)", empty=None,
+                             help_text="Must meet the site's pod_security level (default: restricted), set by platform staff.")
 
     def __init__(self, *args, backend: str = "process", **kwargs):
         super().__init__(*args, **kwargs)

@@ -1,11 +1,13 @@
 from django.urls import path
 
 from jobs import views
+from jobs.views.audit import audit_log
 
 urlpatterns = [
     path("", views.home, name="overview"),
     path("go/", views.site_switch, name="site-switch"),
     path("tokens/", views.user_tokens, name="user-tokens"),
+    path("audit/", audit_log, name="audit"),
     path("tokens/<int:pk>/revoke/", views.token_revoke_view, name="token-revoke"),
     path("sites/new/", views.site_create, name="site-create"),
     path("sites/<str:site>/", views.site_overview, name="site-overview"),

@@ -24,6 +24,7 @@ from django.db import IntegrityError, close_old_connections, connection, transac
 from django.db.models import Q
 from django.utils import timezone
 
+from backends.logtail import without_cut_mark
 from backends.base import BackendError, Handle, JobState
 from jobs import events
 from jobs.models import Job, Site, WatcherLease
@@ -118,7 +119,7 @@ class LogFollower(threading.Thread):
         tail = max(1, settings.LAUNCHER_LOGS_TAIL_LINES)
         while not self.stop.is_set():
             try:
-                current = self.backend.logs(self.handle, tail=tail).splitlines()
+                current = without_cut_mark(self.backend.logs(self.handle, tail=tail).splitlines())
             except BackendError:
                 current = previous
             fresh = new_lines(previous, current)

@@ -20,6 +20,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from backends.base import Handle
+from backends.logtail import cap_tail
 from jobs.api import access
 from jobs.api.base import ApiMixin
 from jobs.api.pagination import EventCursorPagination, JobCursorPagination
@@ -129,19 +130,22 @@ class JobViewSet(ApiMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
         return self.get_paginated_response(JobEventSerializer(page, many=True).data)
 
     @extend_schema(
-        parameters=[OpenApiParameter("tail", OpenApiTypes.INT, description=f"Lines, 1-{LOGS_MAX_TAIL}.")],
+        parameters=[OpenApiParameter("tail", OpenApiTypes.INT, description=f"Lines, 1-{LOGS_MAX_TAIL}; "
+                                     "the answer is at most LAUNCHER_LOGS_TAIL_BYTES either way.")],
         responses=JobLogsSerializer,
     )
     @action(detail=True, methods=["get"], filterset_class=None, filter_backends=[])
     def logs(self, request, pk=None):
-        """The last `tail` lines of output: the saved tail once the job ended, else live from the backend."""
+        """The last `tail` lines of output (at most LAUNCHER_LOGS_TAIL_BYTES): the saved tail once the
+        job ended, else live from the backend."""
         job = access.job_for(request, pk)
-        tail = _int_param(request, "tail", default=settings.LAUNCHER_LOGS_TAIL_LINES or 200, low=1, high=LOGS_MAX_TAIL)
+        tail = _int_param(request, "tail", default=min(settings.LAUNCHER_LOGS_TAIL_LINES or 200, LOGS_MAX_TAIL), low=1,
+                          high=LOGS_MAX_TAIL)
         if job.is_terminal or not job.handle:
             text, source = job.logs_tail, ("saved" if job.logs_tail else "none")
-            text = "\n".join(text.splitlines()[-tail:])
         else:
             text, source = site_backend(job.site).logs(Handle(**job.handle), tail=tail), "live"
+        text = cap_tail(text, lines=tail)
         return Response({"job": job.pk, "source": source, "tail": tail, "logs": text})
 
 

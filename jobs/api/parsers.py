@@ -57,7 +57,8 @@ def _refuse_constant(name: str):
 
 
 class YAMLParser(parsers.BaseParser):
-    """application/yaml bodies (NVFlare's study files), loaded with yaml.safe_load."""
+    """application/yaml bodies (NVFlare's study files), loaded with study_files.yaml_load: safe types only,
+    no aliases, bounded size and depth."""
 
     media_type = "application/yaml"
 

@@ -121,10 +121,21 @@ class JobLogsSerializer(serializers.Serializer):
     logs = serializers.CharField(allow_blank=True)
 
 
+CHECK_DETAIL_MAX = 200  # a check's detail may quote an engine's answer: never echo it at length
+
+
+def short_detail(text: str) -> str:
+    text = str(text or "")
+    return text if len(text) <= CHECK_DETAIL_MAX else text[:CHECK_DETAIL_MAX - 1] + "…"
+
+
 class CheckResultSerializer(serializers.Serializer):
     name = serializers.CharField()
     ok = serializers.BooleanField()
-    detail = serializers.CharField(allow_blank=True)
+    detail = serializers.SerializerMethodField()
+
+    def get_detail(self, result) -> str:
+        return short_detail(getattr(result, "detail", None) if not isinstance(result, dict) else result.get("detail"))
 
 
 class SiteTestInputSerializer(serializers.Serializer):

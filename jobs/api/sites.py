@@ -8,7 +8,6 @@ from rest_framework import exceptions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from backends.base import DatasetSpec
 from jobs.api import access
 from jobs.api.base import ApiMixin
 from jobs.api.errors import Conflict
@@ -24,8 +23,8 @@ from jobs.api.serializers import (
     reject_unknown,
 )
 from jobs.models import Dataset, Site, Study
-from jobs.services import catalog
-from jobs.services.sites import site_backend
+from jobs.services import catalog, policy
+from jobs.services.connection_check import site_check_connection
 
 
 def _validated(serializer_class, request, *, partial: bool = False) -> dict:
@@ -38,15 +37,23 @@ def _validated(serializer_class, request, *, partial: bool = False) -> dict:
     return data
 
 
+def _staff_only(exc: policy.StaffOnly) -> exceptions.PermissionDenied:
+    return exceptions.PermissionDenied(exc.detail)
+
+
 @extend_schema_view(
     list=extend_schema(responses=SiteSerializer(many=True)),
     retrieve=extend_schema(responses=SiteSerializer),
     create=extend_schema(request=SiteInputSerializer, responses={201: SiteSerializer}),
-    partial_update=extend_schema(request=SiteInputSerializer(partial=True), responses=SiteSerializer),
-    destroy=extend_schema(responses={204: None, 409: OpenApiResponse(description="The site has jobs in flight.")}),
+    partial_update=extend_schema(request=SiteInputSerializer(partial=True), responses={
+        200: SiteSerializer, 403: OpenApiResponse(description="A site admin changed a staff-only setting: "
+                                                              '{"detail": "Only platform staff may change: ..."}')}),
+    destroy=extend_schema(responses={204: None, 403: OpenApiResponse(description="Only platform staff delete sites."),
+                                     409: OpenApiResponse(description="The site has jobs in flight.")}),
 )
 class SiteViewSet(ApiMixin, viewsets.ViewSet):
-    """Sites the caller can see. Staff create sites; site admins change and delete theirs."""
+    """Sites the caller can see. Staff create, rename and delete sites and own every host-level
+    setting; site admins may change only what jobs.services.policy leaves them (403 otherwise)."""
 
     lookup_field = "name"
     lookup_value_regex = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
@@ -72,19 +79,25 @@ class SiteViewSet(ApiMixin, viewsets.ViewSet):
     def partial_update(self, request, name=None):
         site = access.site_for(request, name, role="admin")
         data = _validated(SiteInputSerializer, request, partial=True)
-        with transaction.atomic():
-            site = catalog.site_update(site=site, **data)
-            self.audit("site.update", f"site:{name}", {"changes": data})
+        try:
+            with transaction.atomic():
+                site = catalog.site_update(site=site, actor=request.user, **data)
+                detail = {"changes": data, **({"renamed_from": name} if site.name != name else {})}
+                self.audit("site.update", f"site:{site.name}", detail)
+        except policy.StaffOnly as exc:
+            raise _staff_only(exc) from None
         return Response(SiteSerializer(site, context={"request": request}).data)
 
     def destroy(self, request, name=None):
         site = access.site_for(request, name, role="admin")
         try:
             with transaction.atomic():
-                catalog.site_delete(site=site)
+                catalog.site_delete(site=site, actor=request.user)
                 self.audit("site.delete", f"site:{name}")
         except catalog.SiteBusy as exc:
             raise Conflict(str(exc)) from None
+        except policy.StaffOnly as exc:
+            raise _staff_only(exc) from None
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(request=SiteTestInputSerializer, responses=CheckResultSerializer(many=True))
@@ -94,14 +107,7 @@ class SiteViewSet(ApiMixin, viewsets.ViewSet):
         the given datasets (default: all of the site's datasets)."""
         site = access.site_for(request, name, role="admin")
         data = _validated(SiteTestInputSerializer, request)
-        backend = site_backend(site)
-        if site.backend == "docker":
-            specs = [DatasetSpec(**d) for d in data["datasets"]] if "datasets" in data else [
-                DatasetSpec(study=d.study.name, name=d.name, source=d.source, mode=d.mode)
-                for d in Dataset.objects.filter(study__site=site).select_related("study")]
-            results = backend.check_connection(specs)
-        else:
-            results = backend.check_connection()
+        results = site_check_connection(site, data.get("datasets"))  # bounded: deadline, 2 at once per process
         return Response(CheckResultSerializer(results, many=True).data)
 
 
@@ -134,18 +140,24 @@ class StudyViewSet(ApiMixin, viewsets.ViewSet):
     def create(self, request, site=None):
         site = access.site_for(request, site, role="admin")
         data = _validated(StudyInputSerializer, request)
-        with transaction.atomic():
-            study = catalog.study_create(site=site, **data)
-            self.audit("study.create", f"site:{site.name}/study:{study.name}", {"changes": data})
+        try:
+            with transaction.atomic():
+                study = catalog.study_create(site=site, actor=request.user, **data)
+                self.audit("study.create", f"site:{site.name}/study:{study.name}", {"changes": data})
+        except policy.StaffOnly as exc:
+            raise _staff_only(exc) from None
         return Response(StudySerializer(study).data, status=status.HTTP_201_CREATED)
 
     def partial_update(self, request, site=None, study=None):
         site = access.site_for(request, site, role="admin")
         current = self._study(site, study)
         data = _validated(StudyInputSerializer, request, partial=True)
-        with transaction.atomic():
-            updated = catalog.study_update(study=current, **data)
-            self.audit("study.update", f"site:{site.name}/study:{study}", {"changes": data})
+        try:
+            with transaction.atomic():
+                updated = catalog.study_update(study=current, actor=request.user, **data)
+                self.audit("study.update", f"site:{site.name}/study:{study}", {"changes": data})
+        except policy.StaffOnly as exc:
+            raise _staff_only(exc) from None
         return Response(StudySerializer(updated).data)
 
     def destroy(self, request, site=None, study=None):

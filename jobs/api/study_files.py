@@ -90,7 +90,7 @@ class StudyRuntimeView(_StudyFileView):
         return study_files.study_runtime_export(site)
 
     def replace(self, site, data):
-        return study_files.study_runtime_replace(site, data=data)
+        return study_files.study_runtime_replace(site, data=data, actor=self.request.user)
 
     @extend_schema(responses={(200, "application/yaml"): OpenApiTypes.OBJECT},
                    examples=[OpenApiExample("study_runtime.yaml", value=V2_EXAMPLE, response_only=True)])

@@ -3,6 +3,7 @@ value gets the same message everywhere: django ValidationError({field: [message]
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any
@@ -11,9 +12,12 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from backends import config_class
+from backends import k8s_pod_security as pss
 from backends.base import InvalidJobSpec
-from backends.paths import NEVER_MOUNTABLE, under_allowed_roots
+from backends.docker_specs import DEFAULT_SOCKETS, check_container_kwargs
+from backends.paths import NEVER_MOUNTABLE, overlaps_protected, under_allowed_roots
 from jobs.models import ACTIVE, Backend, Dataset, Site, Study
+from jobs.services import policy
 
 BACKEND_FIELDS = tuple(Backend.values)  # "docker", "kubernetes", "process": one JSON block each
 # Env names a study may not set: the launcher owns them (launch-semantics.md §5.2).
@@ -21,6 +25,7 @@ LAUNCHER_OWNED_ENV = frozenset({
     "PYTHONPATH", "NVFL_WORKSPACE_OWNER_FQCN", "NVFL_WORKSPACE_TRANSFER_TOKEN",
     "NVFLARE_JOB_AUTH_TOKEN", "NVFLARE_JOB_TOKEN_SIGNATURE", "NVFLARE_JOB_SSID",
 })
+STUDY_FIELD_MAX_BYTES = 64 * 1024  # each of a study's env, docker_kwargs and pod_template
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PVC_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
@@ -34,29 +39,49 @@ class SiteBusy(Exception):
 # ---------------------------------------------------------------------------------------------
 
 
+# `actor` is the user asking (None: a trusted caller such as a management command). Which settings
+# need platform staff is decided in jobs.services.policy; a non-staff actor touching one gets
+# policy.StaffOnly (a ValidationError keyed by field; the API answers it with 403) and nothing is saved.
+
+
 def site_create(*, name: str, backend: str = "process", allowed_data_roots: list[str] | None = None,
-                **backend_settings: dict[str, Any]) -> Site:
+                actor: Any = None, **backend_settings: dict[str, Any]) -> Site:
+    policy.require_staff(actor, "create sites")
     site = Site(name=name, backend=backend)
     return _site_apply(site, allowed_data_roots=allowed_data_roots or [], **backend_settings)
 
 
-def site_update(*, site: Site, **changes: Any) -> Site:
-    """Change any of name, backend, allowed_data_roots and the per-backend blocks."""
+def site_update(*, site: Site, actor: Any = None, **changes: Any) -> Site:
+    """Change any of name, backend, allowed_data_roots and the per-backend blocks. A block replaces
+    the stored one (missing keys take their defaults)."""
+    before = policy.site_snapshot(site)
+    before.update({kind: _normalised_block(kind, before[kind]) for kind in BACKEND_FIELDS})  # as compared after
     if "name" in changes:
         site.name = changes.pop("name")
     if "backend" in changes:
         site.backend = changes.pop("backend")
-    return _site_apply(site, **changes)
+    return _site_apply(site, before=before, actor=actor, **changes)
 
 
-def _site_apply(site: Site, *, allowed_data_roots: list[str] | None = None, **blocks: dict[str, Any]) -> Site:
+def site_clean(site: Site) -> Site:
+    """Validate and normalise a site in memory, without saving (the Django admin's forms)."""
+    return _site_apply(site, allowed_data_roots=site.allowed_data_roots, save=False)
+
+
+def _site_apply(site: Site, *, allowed_data_roots: list[str] | None = None, before: dict | None = None,
+                actor: Any = None, save: bool = True, **blocks: dict[str, Any]) -> Site:
     unknown = set(blocks) - set(BACKEND_FIELDS)
     if unknown:
         raise ValidationError({sorted(unknown)[0]: ["Unknown settings block."]})
-    if allowed_data_roots is not None:
-        site.allowed_data_roots = _clean_roots(allowed_data_roots)
     for kind, data in blocks.items():
         setattr(site, kind, data if data is not None else {})
+    if before is not None and not policy.is_staff(actor):  # refused before any value is judged
+        roots = allowed_data_roots if allowed_data_roots is not None else site.allowed_data_roots
+        after = {**policy.site_snapshot(site), "allowed_data_roots": _normalised_roots(roots)}
+        after.update({kind: _normalised_block(kind, getattr(site, kind)) for kind in BACKEND_FIELDS})
+        policy.check_site_change(actor, before, after)
+    if allowed_data_roots is not None:
+        site.allowed_data_roots = _clean_roots(allowed_data_roots)
     errors: dict[str, list[str]] = {}
     for kind in BACKEND_FIELDS:
         data = getattr(site, kind) or {}
@@ -66,19 +91,34 @@ def _site_apply(site: Site, *, allowed_data_roots: list[str] | None = None, **bl
             setattr(site, kind, config_class(kind).from_dict(data).to_dict())
         except InvalidJobSpec as exc:
             errors.setdefault(exc.field, []).append(exc.reason)
-    return _save_validated(site, errors)
+    return _save_validated(site, errors, save=save)
 
 
-def _save_validated(instance, errors: dict[str, list[str]]):
+def _normalised_block(kind: str, data: Any) -> Any:
+    """A block as it would be stored, or as given when invalid (missing keys then count as defaults)."""
+    try:
+        return config_class(kind).from_dict(data or {}).to_dict()
+    except (InvalidJobSpec, TypeError, ValueError):
+        return data
+
+
+def _normalised_roots(roots: Any) -> Any:
+    if isinstance(roots, list) and all(isinstance(r, str) and os.path.isabs(r) for r in roots):
+        return [os.path.normpath(r) for r in roots]
+    return roots
+
+
+def _save_validated(instance, errors: dict[str, list[str]], *, save: bool = True, exclude=None):
     """Add the model's own validation to `errors`; raise them all together, or save."""
     try:
-        instance.full_clean()
+        instance.full_clean(exclude=exclude)
     except ValidationError as exc:
         for field, messages in exc.message_dict.items():
             errors.setdefault(field, []).extend(messages)
     if errors:
         raise ValidationError(errors)
-    instance.save()
+    if save:
+        instance.save()
     return instance
 
 
@@ -95,8 +135,9 @@ def _clean_roots(roots: Any) -> list[str]:
     return cleaned
 
 
-def site_delete(*, site: Site) -> None:
-    """Refused (SiteBusy) while any of its jobs is not finished."""
+def site_delete(*, site: Site, actor: Any = None) -> None:
+    """Staff only (its job records go with it). Refused (SiteBusy) while any of its jobs is not finished."""
+    policy.require_staff(actor, "delete sites (their job records are deleted with them)")
     active = site.jobs.filter(state__in=ACTIVE).count()
     if active:
         raise SiteBusy(f"site {site.name} still has {active} job(s) in flight; terminate them first")
@@ -110,26 +151,39 @@ def site_delete(*, site: Site) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def study_create(*, site: Site, name: str, **fields: Any) -> Study:
-    return _study_apply(Study(site=site, name=name), **fields)
+def study_create(*, site: Site, name: str, actor: Any = None, **fields: Any) -> Study:
+    return _study_apply(Study(site=site, name=name), actor=actor, **fields)
 
 
-def study_update(*, study: Study, **fields: Any) -> Study:
-    return _study_apply(study, **fields)
+def study_update(*, study: Study, actor: Any = None, **fields: Any) -> Study:
+    return _study_apply(study, actor=actor, **fields)
 
 
-def _study_apply(study: Study, **fields: Any) -> Study:
+def study_clean(study: Study, *, exclude=None) -> Study:
+    """Validate a study in memory, without saving (the Django admin's forms)."""
+    return _save_validated(study, _study_errors(study), save=False, exclude=exclude)
+
+
+def _study_apply(study: Study, *, actor: Any = None, **fields: Any) -> Study:
     allowed = {"name", "description", "image", "env", "docker_kwargs", "pod_template"}
     unknown = set(fields) - allowed
     if unknown:
         raise ValidationError({sorted(unknown)[0]: ["Unknown study field."]})
+    kwargs_before = dict(study.docker_kwargs or {}) if study.pk else {}
     for key, value in fields.items():
         setattr(study, key, value if value is not None or key == "pod_template" else ("" if key in ("description", "image") else {}))
+    policy.check_docker_kwargs_change(actor, kwargs_before, study.docker_kwargs)
     return _save_validated(study, _study_errors(study))
 
 
 def _study_errors(study: Study) -> dict[str, list[str]]:
     errors: dict[str, list[str]] = {}
+    for name in ("env", "docker_kwargs", "pod_template"):
+        size = len(json.dumps(getattr(study, name), separators=(",", ":"), default=str))
+        if size > STUDY_FIELD_MAX_BYTES:  # kept in a row every viewer reads, and every launch copies
+            errors[name] = [f"Is {size} bytes as JSON; the limit is {STUDY_FIELD_MAX_BYTES} bytes."]
+    if errors:
+        return errors
     if not isinstance(study.env, dict):
         errors["env"] = ["Must be a mapping of NAME -> value."]
     else:
@@ -149,7 +203,25 @@ def _study_errors(study: Study) -> dict[str, list[str]]:
         errors.setdefault("docker_kwargs", []).append("docker_kwargs are Docker-only.")
     if study.pod_template and study.site.backend != "kubernetes":
         errors.setdefault("pod_template", []).append("pod_template is Kubernetes-only.")
+    if "docker_kwargs" not in errors and study.docker_kwargs:
+        docker = _normalised_block("docker", study.site.docker)
+        try:  # the launch-time checker (backends.docker_specs), so a refused option fails here already
+            check_container_kwargs(study.docker_kwargs, "docker_kwargs",
+                                   allow_host_ipc=isinstance(docker, dict) and docker.get("allow_host_ipc") is True)
+        except InvalidJobSpec as exc:
+            errors["docker_kwargs"] = [f"{exc.field}: {exc.reason}"]
+    if "pod_template" not in errors and study.pod_template:
+        level = pod_security_level(study.site)
+        violations = pss.template_violations(study.pod_template, level, prefix="pod_template")
+        if violations:
+            errors["pod_template"] = [f"Not allowed at the site's pod_security level {level!r} (set by platform staff): "
+                                      + v for v in violations]
     return errors
+
+
+def pod_security_level(site: Site) -> str:
+    level = (site.kubernetes or {}).get("pod_security") or pss.DEFAULT_LEVEL
+    return level if level in pss.LEVELS else pss.DEFAULT_LEVEL
 
 
 def _env_value(value: Any) -> str:
@@ -200,7 +272,30 @@ def dataset_source_error(site: Site, source: str) -> str | None:
         under_allowed_roots(source, site.allowed_data_roots or [], "source")
     except InvalidJobSpec as exc:
         return exc.reason[0].upper() + exc.reason[1:] + "."
+    protected = [*site_workspaces(site), *DEFAULT_SOCKETS]
+    docker_host = (site.docker or {}).get("docker_host") or ""
+    if docker_host.startswith("unix://"):
+        protected.append(docker_host.removeprefix("unix://"))
+    hit = overlaps_protected(source, protected)
+    if hit:
+        what = "the Docker socket" if hit not in site_workspaces(site) else f"the site's workspace {hit}"
+        return f"{source} is, contains or lies inside {what}, which is never a dataset."
     return None
+
+
+def site_workspaces(site: Site) -> list[str]:
+    """Host workspaces of the site (with their startup/ and local/ kits): never a dataset source."""
+    from jobs.services.sites import site_backend_settings
+
+    paths = []
+    if site.backend == "process" or site.process:
+        process = dict(site.process or {})
+        if site.backend == "process":
+            process = site_backend_settings(site)
+        paths.append(process.get("workspace") or "")
+    if site.backend == "docker" or site.docker:
+        paths.append((site.docker or {}).get("workspace") or os.environ.get("NVFL_DOCKER_WORKSPACE", ""))
+    return [p for p in paths if p]
 
 
 def dataset_delete(*, dataset: Dataset) -> None:

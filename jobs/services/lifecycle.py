@@ -10,6 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from backends.base import JobState, ReturnCode
+from backends.logtail import cap_tail
 from jobs import events
 from jobs.models import EventSource, Job, JobEvent
 
@@ -61,6 +62,8 @@ def job_observe(
     api, worker, watcher, reconcile (admin for manual fixes). Raises Job.DoesNotExist, ValueError.
     """
     new = JobState(state)
+    if logs_tail:  # every kept tail: LAUNCHER_LOGS_TAIL_LINES lines within LAUNCHER_LOGS_TAIL_BYTES
+        logs_tail = cap_tail(logs_tail, lines=settings.LAUNCHER_LOGS_TAIL_LINES or None)
     if source not in EventSource.values:
         raise ValueError(f"unknown event source {source!r}; expected one of {', '.join(EventSource.values)}")
     with transaction.atomic():  # SQLite: an IMMEDIATE transaction, which serialises writers like the row lock
@@ -134,7 +137,9 @@ def job_save_logs_tail(*, job_pk: int, logs_tail: str | None) -> bool:
     the saved tail. Returns whether it was saved."""
     if not logs_tail:
         return False
-    logs_tail = "\n".join(logs_tail.splitlines()[-settings.LAUNCHER_LOGS_TAIL_LINES:])
+    logs_tail = cap_tail(logs_tail, lines=settings.LAUNCHER_LOGS_TAIL_LINES or None, final_newline=False)
+    if not logs_tail:
+        return False
     saved = bool(Job.objects.filter(pk=job_pk, logs_tail="").update(logs_tail=logs_tail))
     if saved:
         events.publish_logs_saved(job_pk)

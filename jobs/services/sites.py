@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 
 from backends import backend_class, config_class
-from backends.base import Backend, DatasetSpec, StudyRuntime
+from backends.base import Backend, DatasetSpec, InvalidJobSpec, StudyRuntime
 from jobs.models import Site, Study
 
 _cache: dict[int, tuple[Any, Backend]] = {}
@@ -45,6 +45,12 @@ def study_runtime(site: Site, study_name: str) -> StudyRuntime | None:
     study = Study.objects.filter(site=site, name=study_name).prefetch_related("datasets").first()
     if study is None:
         return None
+    from jobs.services.catalog import dataset_source_error
+
+    for d in study.datasets.all():  # the save-time rule again: roots may have changed, or the workspace moved
+        problem = dataset_source_error(site, d.source)
+        if problem:
+            raise InvalidJobSpec(f"study.{study.name}.datasets.{d.name}.source", problem)
     return StudyRuntime(
         name=study.name,
         datasets=tuple(DatasetSpec(study=study.name, name=d.name, source=d.source, mode=d.mode) for d in study.datasets.all()),

@@ -11,6 +11,7 @@ clear message rather than dropped: silently losing a secret would launch a job w
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -36,11 +37,49 @@ class StudyFileError(ValueError):
     """The file cannot be used; the message names the study/dataset and the reason."""
 
 
+YAML_MAX_BYTES = 1024 * 1024  # a study file is a few KiB; the API body limit is 1 MiB too
+YAML_MAX_DEPTH = 40  # a Pod template nests about 8 levels
+FIELD_MAX_BYTES = catalog.STUDY_FIELD_MAX_BYTES  # each study's docker_kwargs / env / pod_template, as JSON
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses aliases (*name) and deep nesting: a few hundred bytes of nested
+    aliases expand to gigabytes (a "billion laughs" bomb), and NVFlare's study files need neither."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"YAML aliases (*{event.anchor}) are not allowed here; "
+                                              "write the value out", event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > YAML_MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {YAML_MAX_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def yaml_load(text: str | bytes, what: str) -> Any:
+    """Load YAML from a user: safe types only, no aliases, bounded size and depth (StudyFileError)."""
+    size = len(text.encode() if isinstance(text, str) else text)
+    if size > YAML_MAX_BYTES:
+        raise StudyFileError(f"could not parse {what}: it is {size} bytes; the limit is {YAML_MAX_BYTES} bytes.")
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_LimitedLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise StudyFileError(f"could not parse {what}: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise StudyFileError(f"could not parse {what}: nested too deeply") from None
+
+
+def _check_size(value: Any, label: str) -> None:
+    size = len(json.dumps(value, separators=(",", ":"), default=str))
+    if size > FIELD_MAX_BYTES:
+        raise StudyFileError(f"{label} is {size} bytes as JSON; the limit is {FIELD_MAX_BYTES} bytes.")
 
 
 def yaml_dump(data: Any) -> str:
@@ -175,6 +214,8 @@ def _runtime_study(study: str, entry: Any) -> dict[str, Any]:
                               for name, value in datasets.items()}
     if "env" in entry:
         result["env"] = _runtime_env(study, entry["env"])
+    for key in ("docker_kwargs", "pod_template", "env"):
+        _check_size(result[key], f"{label}.{key}")
     return result
 
 
@@ -258,12 +299,12 @@ def study_runtime_dump(site: Site) -> str:
     return yaml_dump(study_runtime_export(site))
 
 
-def study_runtime_replace(site: Site, text: str | bytes | None = None, *, data: Any = None) -> dict:
+def study_runtime_replace(site: Site, text: str | bytes | None = None, *, data: Any = None, actor: Any = None) -> dict:
     """Make the site's studies exactly what the v2 file says: listed studies get its image, env,
     docker_kwargs, pod_template and datasets; studies not listed get an empty runtime (as NVFlare
     gives them) but keep their description. All or nothing, like study_data_replace."""
     parsed = study_runtime_parse(text) if text is not None else study_runtime_validate(data)
-    _apply(site, parsed, reset_other_settings=True)
+    _apply(site, parsed, reset_other_settings=True, actor=actor)  # actor: who may set which docker_kwargs
     return parsed
 
 
@@ -274,23 +315,23 @@ def study_runtime_replace(site: Site, text: str | bytes | None = None, *, data: 
 EMPTY_RUNTIME = {"image": "", "env": {}, "docker_kwargs": {}, "pod_template": None}
 
 
-def _apply(site: Site, runtime: dict[str, dict[str, Any]], *, reset_other_settings: bool) -> None:
+def _apply(site: Site, runtime: dict[str, dict[str, Any]], *, reset_other_settings: bool, actor: Any = None) -> None:
     with transaction.atomic():
         existing = {s.name: s for s in Study.objects.select_for_update().filter(site=site)}
         for name, study in existing.items():
             if name not in runtime:
-                _apply_study(site, study, name, {**(EMPTY_RUNTIME if reset_other_settings else {}), "datasets": {}})
+                _apply_study(site, study, name, {**(EMPTY_RUNTIME if reset_other_settings else {}), "datasets": {}}, actor)
         for name, entry in runtime.items():
-            _apply_study(site, existing.get(name), name, entry)
+            _apply_study(site, existing.get(name), name, entry, actor)
 
 
-def _apply_study(site: Site, study: Study | None, name: str, entry: dict[str, Any]) -> None:
+def _apply_study(site: Site, study: Study | None, name: str, entry: dict[str, Any], actor: Any = None) -> None:
     settings = {k: v for k, v in entry.items() if k != "datasets"}
     with _prefixed(name):
         if study is None:
-            study = catalog.study_create(site=site, name=name, **settings)
+            study = catalog.study_create(site=site, name=name, actor=actor, **settings)
         elif settings:
-            study = catalog.study_update(study=study, **settings)
+            study = catalog.study_update(study=study, actor=actor, **settings)
     wanted = entry.get("datasets", {})
     current = {d.name: d for d in study.datasets.all()}
     for dataset_name, dataset in current.items():

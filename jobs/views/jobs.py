@@ -11,9 +11,11 @@ from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.http import require_GET, require_http_methods
 
 from backends.base import BackendError, Handle, InvalidJobSpec
+from backends.logtail import cap_tail
 from jobs import forms, selectors
 from jobs.api.serializers import JobSerializer
 from jobs.models import State
+from jobs.services.audit import audit_request
 from jobs.services.cancellation import job_request_terminate
 from jobs.services.sites import site_backend
 from jobs.services.submission import job_submit
@@ -86,10 +88,10 @@ def site_counts(request, site):
 def job_detail(request, pk):
     job = get_job(request, pk)
     seq = selectors.last_event_seq()
-    logs = job.logs_tail
+    logs = cap_tail(job.logs_tail)
     if not job.is_terminal and job.handle:
         try:
-            logs = site_backend(job.site).logs(Handle(**job.handle), tail=200)
+            logs = cap_tail(site_backend(job.site).logs(Handle(**job.handle), tail=200))
         except BackendError as exc:
             logs = f"(logs unavailable: {exc})"
     return render_page(request, "jobs/job_detail.html", {
@@ -116,7 +118,7 @@ def job_timeline(request, pk):
 @require_GET
 def job_logs_download(request, pk):
     job = get_job(request, pk)
-    response = HttpResponse(job.logs_tail, content_type="text/plain; charset=utf-8")
+    response = HttpResponse(cap_tail(job.logs_tail), content_type="text/plain; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{job.site.name}-{job.job_id}.log"'
     return response
 
@@ -126,7 +128,11 @@ def job_logs_download(request, pk):
 def job_terminate(request, pk):
     job = get_job(request, pk, "operator")
     if request.method == "POST":
+        was_terminal = job.is_terminal
         job = job_request_terminate(job=job, source="admin", requested_by=request.user.get_username())
+        if not was_terminal:
+            audit_request(request, "job.terminate", f"job:{job.pk}", {"site": job.site.name, "job_id": job.job_id},
+                          site=job.site)
         messages.success(request, f"Termination of {job.job_id} requested.")
         return redirect("job-detail", pk=job.pk)
     return render_page(request, "jobs/job_terminate.html", {"job": job}, site=job.site, section="overview")
@@ -142,7 +148,10 @@ def job_launch(request, site):
     if request.method == "POST" and form.is_valid():
         target = get_site(request, form.cleaned_data["site"], "operator")
         try:
-            job, _ = job_submit(site=target, **form.submission(target), submitted_by=request.user, source="admin")
+            job, _ = job_submit(site=target, **form.submission(target), submitted_by=request.user, source="admin",
+                                on_created=lambda job: audit_request(request, "job.launch", f"job:{job.pk}", {
+                                    "site": target.name, "job_id": job.job_id, "study": job.study, "role": job.role},
+                                    site=target))
         except InvalidJobSpec as exc:
             form.add_error(_launch_field(form, exc.field), exc.reason)
         else:

@@ -11,9 +11,10 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from backends.base import BackendError, InvalidJobSpec
 from jobs import forms, selectors
-from jobs.services import catalog
+from jobs.services import catalog, policy
+from jobs.services.audit import audit_request
+from jobs.services.connection_check import site_check_connection
 from jobs.services.probe import site_probe
-from jobs.services.sites import site_backend
 from jobs.views.common import get_site, render_page
 
 
@@ -21,13 +22,17 @@ from jobs.views.common import get_site, render_page
 @require_http_methods(["GET", "POST"])
 def site_settings(request, site):
     site = get_site(request, site, "admin")
-    form = forms.SiteSettingsForm(request.POST or None, site=site)
+    form = forms.SiteSettingsForm(request.POST or None, site=site, staff=request.user.is_staff)
     if request.method == "POST" and form.is_valid():
         try:
             with transaction.atomic():
-                site = catalog.site_update(site=site, **form.changes())
+                site = catalog.site_update(site=site, actor=request.user, **form.changes())
+                audit_request(request, "site.update", f"site:{site.name}", {
+                    "changes": form.changes(), "was": request.resolver_match.kwargs.get("site")}, site=site)
         except ValidationError as exc:
             site.refresh_from_db()
+            if isinstance(exc, policy.StaffOnly):
+                form.add_error(None, exc.detail)
             forms.errors_to_form(form, forms.validation_errors(exc), form.field_map())
         else:
             messages.success(request, "Site settings saved.")
@@ -51,7 +56,9 @@ def site_create(request):
     if request.method == "POST" and form.is_valid():
         changes = form.changes()
         try:
-            site = catalog.site_create(**changes)
+            with transaction.atomic():
+                site = catalog.site_create(**changes)
+                audit_request(request, "site.create", f"site:{site.name}", {"changes": changes}, site=site)
         except ValidationError as exc:
             forms.errors_to_form(form, forms.validation_errors(exc), form.field_map())
         else:
@@ -64,11 +71,11 @@ def site_create(request):
 def site_check(request, site):
     site = get_site(request, site, "admin")
     try:
-        checks = site_backend(site).check_connection()
+        checks = site_check_connection(site)  # bounded by LAUNCHER_CHECK_DEADLINE_SECONDS, 2 at once
     except BackendError as exc:
         checks = None
-        messages.error(request, f"Could not check the connection: {exc}")
-    return _settings_page(request, site, forms.SiteSettingsForm(site=site), checks=checks)
+        messages.error(request, f"Could not check the connection: {str(exc)[:200]}")
+    return _settings_page(request, site, forms.SiteSettingsForm(site=site, staff=request.user.is_staff), checks=checks)
 
 
 @login_required
@@ -81,7 +88,10 @@ def site_probe_run(request, site):
         try:
             result = site_probe(site=site, study=probe_form.cleaned_data["study"], image=probe_form.cleaned_data["image"],
                                 requested_by=request.user)
+            audit_request(request, "site.probe", f"site:{site.name}", {
+                "study": probe_form.cleaned_data["study"], "image": probe_form.cleaned_data["image"],
+                "job": result.job.pk}, site=site)
         except InvalidJobSpec as exc:
             probe_form.add_error("image" if "image" in exc.field or "launcher_spec" in exc.field else None,
                                  f"{exc.field}: {exc.reason}")
-    return _settings_page(request, site, forms.SiteSettingsForm(site=site), probe=result, probe_form=probe_form)
+    return _settings_page(request, site, forms.SiteSettingsForm(site=site, staff=request.user.is_staff), probe=result, probe_form=probe_form)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
@@ -12,6 +13,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from jobs import forms, selectors
 from jobs.services import catalog, study_files
+from jobs.services.audit import audit_request
 from jobs.services.study_preview import study_data_preview
 from jobs.views.common import get_site, render_page
 
@@ -25,9 +27,12 @@ def studies(request, site):
         site = get_site(request, site.name, "admin")
         if form.is_valid():
             try:
-                study = catalog.study_create(site=site, **form.cleaned_data)
+                with transaction.atomic():
+                    study = catalog.study_create(site=site, actor=request.user, **form.cleaned_data)
+                    audit_request(request, "study.create", f"site:{site.name}/study:{study.name}",
+                                  {"changes": form.cleaned_data}, site=site)
             except ValidationError as exc:
-                forms.errors_to_form(form, forms.validation_errors(exc))
+                forms.errors_to_form(form, forms.validation_errors(exc), forms.StudyForm.FIELD_MAP)
             else:
                 messages.success(request, f"Study {study.name} added.")
                 return redirect("study-detail", site=site.name, study=study.name)
@@ -48,7 +53,11 @@ def study_detail(request, site, study):
             dataset_form = forms.DatasetForm(request.POST)
             if dataset_form.is_valid():
                 try:
-                    catalog.dataset_create(study=study, **dataset_form.cleaned_data)
+                    with transaction.atomic():
+                        catalog.dataset_create(study=study, **dataset_form.cleaned_data)
+                        audit_request(request, "dataset.create", f"site:{site.name}/study:{study.name}/dataset:"
+                                      f"{dataset_form.cleaned_data['name']}", {"changes": dataset_form.cleaned_data},
+                                      site=site)
                 except ValidationError as exc:
                     forms.errors_to_form(dataset_form, forms.validation_errors(exc))
                 else:
@@ -58,10 +67,13 @@ def study_detail(request, site, study):
             study_form = forms.StudyForm(request.POST, backend=site.backend)
             if study_form.is_valid():
                 try:
-                    study = catalog.study_update(study=study, **study_form.cleaned_data)
+                    with transaction.atomic():
+                        audit_request(request, "study.update", f"site:{site.name}/study:{study.name}",
+                                      {"changes": study_form.cleaned_data}, site=site)
+                        study = catalog.study_update(study=study, actor=request.user, **study_form.cleaned_data)
                 except ValidationError as exc:
                     study.refresh_from_db()
-                    forms.errors_to_form(study_form, forms.validation_errors(exc))
+                    forms.errors_to_form(study_form, forms.validation_errors(exc), forms.StudyForm.FIELD_MAP)
                 else:
                     messages.success(request, "Study saved.")
                     return redirect("study-detail", site=site.name, study=study.name)
@@ -75,7 +87,9 @@ def study_delete(request, site, study):
     site = get_site(request, site, "admin")
     study = get_object_or_404(selectors.site_studies(site), name=study)
     if request.method == "POST":
-        catalog.study_delete(study=study)
+        with transaction.atomic():
+            catalog.study_delete(study=study)
+            audit_request(request, "study.delete", f"site:{site.name}/study:{study.name}", site=site)
         messages.success(request, f"Study {study.name} deleted.")
         return redirect("studies", site=site.name)
     return render_page(request, "jobs/confirm.html", {
@@ -94,7 +108,10 @@ def dataset_edit(request, site, study, dataset):
                                                             "mode": dataset.mode})
     if request.method == "POST" and form.is_valid():
         try:
-            catalog.dataset_update(dataset=dataset, **form.cleaned_data)
+            with transaction.atomic():
+                audit_request(request, "dataset.update", f"site:{site.name}/study:{study.name}/dataset:{dataset.name}",
+                              {"changes": form.cleaned_data}, site=site)
+                catalog.dataset_update(dataset=dataset, **form.cleaned_data)
         except ValidationError as exc:
             forms.errors_to_form(form, forms.validation_errors(exc))
         else:
@@ -111,7 +128,10 @@ def dataset_delete(request, site, study, dataset):
     study = get_object_or_404(selectors.site_studies(site), name=study)
     dataset = get_object_or_404(study.datasets.all(), name=dataset)
     if request.method == "POST":
-        catalog.dataset_delete(dataset=dataset)
+        with transaction.atomic():
+            catalog.dataset_delete(dataset=dataset)
+            audit_request(request, "dataset.delete", f"site:{site.name}/study:{study.name}/dataset:{dataset.name}",
+                          site=site)
         messages.success(request, f"Dataset {dataset.name} deleted.")
         return redirect("study-detail", site=site.name, study=study.name)
     return render_page(request, "jobs/confirm.html", {
@@ -130,7 +150,10 @@ def study_data_import(request, site):
         text = form.cleaned_data["text"]
         try:
             if request.POST.get("action") == "apply":
-                study_files.study_data_replace(site, text)
+                with transaction.atomic():
+                    parsed = study_files.study_data_replace(site, text)
+                    audit_request(request, "study_data.replace", f"site:{site.name}", {"studies": sorted(parsed)},
+                                  site=site)
                 messages.success(request, "study_data.yaml imported.")
                 return redirect("studies", site=site.name)
             preview = study_data_preview(site=site, text=text)

@@ -11,6 +11,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from jobs import forms, selectors
 from jobs.models import ApiToken
+from jobs.services.audit import audit_request
 from jobs.services.tokens import token_create, token_revoke
 from jobs.views.common import get_site, render_page
 
@@ -21,7 +22,8 @@ def user_tokens(request):
     form = forms.TokenForm(request.POST or None)
     secret = None
     if request.method == "POST" and form.is_valid():
-        _, secret = token_create(user=request.user, name=form.cleaned_data["name"], created_by=request.user)
+        token, secret = token_create(user=request.user, name=form.cleaned_data["name"], created_by=request.user)
+        audit_request(request, "token.create", f"token:{token.prefix}", {"name": token.name, "owner": "user"})
         form = forms.TokenForm()
     return render_page(request, "jobs/tokens.html", {"form": form, "secret": secret,
                                                      "tokens": selectors.tokens_of(user=request.user)},
@@ -35,7 +37,9 @@ def site_tokens(request, site):
     form = forms.TokenForm(request.POST or None)
     secret = None
     if request.method == "POST" and form.is_valid():
-        _, secret = token_create(site=site, name=form.cleaned_data["name"], created_by=request.user)
+        token, secret = token_create(site=site, name=form.cleaned_data["name"], created_by=request.user)
+        audit_request(request, "token.create", f"site:{site.name}/token:{token.prefix}", {"name": token.name},
+                      site=site)
         form = forms.TokenForm()
     return render_page(request, "jobs/tokens.html", {"form": form, "secret": secret,
                                                      "tokens": selectors.tokens_of(site=site)}, site=site,
@@ -54,5 +58,7 @@ def token_revoke_view(request, pk):
         get_site(request, token.site.name, "admin")
         target = reverse("site-tokens", args=[token.site.name])
     token_revoke(token=token)
+    audit_request(request, "token.revoke", (f"site:{token.site.name}/" if token.site_id else "")
+                  + f"token:{token.prefix}", {"name": token.name}, site=token.site)
     messages.success(request, f"Token {token.prefix}… revoked.")
     return redirect(target)

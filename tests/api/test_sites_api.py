@@ -31,7 +31,9 @@ def test_staff_creates_a_site_and_backend_errors_name_the_field(as_user, tmp_pat
 
 def test_site_delete_is_409_while_jobs_are_in_flight(process_site, as_user):
     job = Job.objects.create(site=process_site, job_id="j1", backend="process", state="running")
-    owner = as_user("owner")
+    refused = as_user("owner").delete("/api/v1/sites/site-1/")  # a site admin: deleting drops job records
+    assert refused.status_code == 403 and refused.json()["detail"].startswith("Only platform staff may delete sites")
+    owner = as_user("staff")
     busy = owner.delete("/api/v1/sites/site-1/")
     assert busy.status_code == 409 and "in flight" in busy.json()["detail"]
     Job.objects.filter(pk=job.pk).update(state="succeeded")
@@ -43,7 +45,7 @@ def test_site_delete_is_409_while_jobs_are_in_flight(process_site, as_user):
 def test_test_connection_returns_the_backend_checks(process_site, as_user):
     results = as_user("owner").post("/api/v1/sites/site-1/test/", {}, format="json")
     assert results.status_code == 200
-    assert {r["name"]: r["ok"] for r in results.json()} == {"workspace": True, "python": True}
+    assert {r["name"]: r["ok"] for r in results.json()}.items() >= {"workspace": True, "python": True}.items()
     assert as_user("viewer").post("/api/v1/sites/site-1/test/", {}, format="json").status_code == 403
 
 
@@ -153,3 +155,22 @@ def test_study_runtime_round_trip_and_unsupported_keys(process_site, as_user, da
     k8s_only = V2.format(root=data_root) + "    pod_template: {kind: Pod}\n"
     assert "cohort-a.pod_template" in owner.put(url, k8s_only, content_type="application/yaml").json()
     assert Study.objects.get(name="cohort-a").pod_template is None
+
+
+def test_oversized_study_blocks_are_refused_on_every_path(process_site, as_user):
+    """A study's env / docker_kwargs / pod_template sit in a row every viewer reads: bounded in
+    size through the API as through study files, with the field named and nothing stored."""
+    client = as_user("owner")
+    big_env = {f"VAR_{i}": "x" * 1000 for i in range(70)}  # ~72 KiB as JSON
+    response = client.post("/api/v1/sites/site-1/studies/", {"name": "big", "env": big_env}, format="json")
+    assert response.status_code == 400 and "limit" in response.json()["env"][0]
+    assert not process_site.studies.exists()
+
+
+def test_a_rename_is_audited_under_the_new_name_and_keeps_its_site(process_site, as_user):
+    from jobs.models import AuditEntry
+
+    assert as_user("staff").patch("/api/v1/sites/site-1/", {"name": "site-one"}, format="json").status_code == 200
+    entry = AuditEntry.objects.get(action="site.update")
+    assert entry.target == "site:site-one" and entry.site_id == process_site.pk
+    assert entry.detail["renamed_from"] == "site-1"

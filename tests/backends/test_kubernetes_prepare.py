@@ -24,7 +24,7 @@ def test_config_defaults_round_trip():
         "config_file_path": None, "namespace": "default", "timeout": None, "pending_timeout": 120,
         "default_python_path": "/usr/local/bin/python", "security_context": {}, "ephemeral_storage": "1Gi",
         "workspace_mount_path": "/var/tmp/nvflare/workspace", "image_pull_secrets": [], "startup_dir": None,
-        "parent_fqcn": None, "request_timeout": 10,
+        "parent_fqcn": None, "request_timeout": 10, "pod_security": "restricted",
     }
     assert KubernetesSiteConfig.from_dict(cfg.to_dict()) == cfg
     assert KubernetesSiteConfig.from_dict({"config_file_path": ""}).config_file_path is None

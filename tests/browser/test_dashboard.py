@@ -90,7 +90,11 @@ def test_a_member_of_site_a_sees_nothing_of_site_b(new_page, server):
 
 
 def test_site_settings_studies_and_datasets_with_inline_validation(new_page, server):
-    page = new_page(user="alice")
+    admin = new_page(user="alice")  # a site admin: the backend and host paths are staff's, shown read-only
+    admin.goto("/sites/site-a/settings/")
+    expect(admin.get_by_label("Backend")).to_be_disabled()
+    expect(admin.locator("#staff-note")).to_be_visible()
+    page = new_page(user="sam")  # platform staff
     page.goto("/sites/site-a/settings/")
     expect(page.locator('fieldset[data-backend="docker"]')).to_be_hidden()  # only the chosen backend's fields
     page.get_by_label("Backend").select_option("docker")

@@ -31,7 +31,7 @@ def test_bad_site_name_and_data_root_are_named(tmp_path):
 def test_dataset_source_must_exist_under_allowed_roots(tmp_path):
     root = tmp_path / "data"
     (root / "a").mkdir(parents=True)
-    site = catalog.site_create(name="site-1", allowed_data_roots=[str(root)], process={"workspace": str(tmp_path)})
+    site = catalog.site_create(name="site-1", allowed_data_roots=[str(root)], process={"workspace": str(tmp_path / "ws")})
     study = catalog.study_create(site=site, name="s1")
     dataset = catalog.dataset_create(study=study, name="d1", source=str(root / "a"), mode="rw")
     assert dataset.mount_path == "/data/s1/d1"

@@ -220,7 +220,7 @@ def test_overview_pages_with_keyset_cursors_and_filters(client, users, process_s
 
 
 def test_site_settings_show_service_messages_on_the_right_field(client, users, process_site):
-    login(client, users["owner"])
+    login(client, users["staff"])  # host-level settings are staff's (tests/jobs/test_settings_policy.py)
     url = reverse("site-settings", args=["site-1"])
     page = client.get(url).context["form"]
     data = {name: page[name].value() or "" for name in page.fields}

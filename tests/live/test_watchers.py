@@ -121,6 +121,17 @@ def test_new_lines_of_a_moving_tail():
     assert new_lines(["x", "x"], ["x", "x", "x"]) == ["x"]
 
 
+def test_a_capped_tails_cut_note_does_not_resend_the_tail():
+    """Once output passes the byte cap, each read starts with a different "[... N bytes cut]" note;
+    the follower compares without it, so only the new lines go out."""
+    from backends.logtail import without_cut_mark
+
+    first = without_cut_mark(["[... 100 bytes cut]", "b", "c"])
+    second = without_cut_mark(["[... 140 bytes cut]", "c", "d"])
+    assert new_lines(first, second) == ["d"]
+    assert without_cut_mark(["[... not a note", "x"]) == ["[... not a note", "x"]
+
+
 def test_site_settings_change_restarts_its_watcher(process_site, pools):
     pool = pools()
     wait_until(lambda: pool.watching() == {"site-1"}, timeout=10, message="watcher up")
