@@ -1,6 +1,6 @@
 """Supervisor for one process-backend job; run as
 `python -I process_runner.py [--user UID:GID] STATE LOG -- argv...` with the job's environment as a
-JSON object on stdin (null: inherit ours).
+JSON object on stdin (nothing is started unless the whole object arrives).
 
 It outlives the dashboard (own session), so a job keeps running across a dashboard restart and its
 exit code is still recorded: the runner writes it into STATE when the child ends. The runner keeps
@@ -46,8 +46,16 @@ def main() -> int:
     state_path, log_path, sep, *argv = params
     assert sep == "--" and argv, "usage: process_runner.py [--user UID:GID] STATE LOG -- argv..."
     # The job's environment (credentials included) arrives on stdin, never in our own environment.
-    env = json.loads(sys.stdin.buffer.read() or b"null")
+    try:
+        env = json.loads(sys.stdin.buffer.read())
+    except ValueError:
+        env = None
     sys.stdin.close()
+    if not isinstance(env, dict):
+        # The launcher died before handing the whole environment over (a killed worker): start
+        # nothing and record nothing, so its launch lock counts as abandoned and the job is
+        # launched again, instead of running without its environment.
+        return 2
     with open(log_path, "ab", buffering=0) as log:
         try:
             # Own process group, so terminate can kill the job and its children but not this runner.

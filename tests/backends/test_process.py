@@ -173,3 +173,23 @@ def test_check_connection_reports_workspace(backend, workspace, tmp_path):
     assert all(c.ok for c in backend.check_connection())
     missing = ProcessBackend(site="s", config=ProcessSiteConfig(workspace=str(tmp_path / "nope")))
     assert not [c for c in missing.check_connection() if c.name == "workspace"][0].ok
+
+
+@pytest.mark.parametrize("handed_over", [b"", b'{"PATH": "/usr/bin", "FAKE_JOB', b"null"])
+def test_a_runner_whose_launcher_died_before_handing_over_the_env_starts_nothing(tmp_path, handed_over):
+    """A worker killed between starting the runner and writing the job's environment: the job must
+    not run without its environment (it failed with exit 1 in the killed-worker scale test); the
+    runner records nothing, so the launch lock counts as abandoned and the job is launched again."""
+    import subprocess
+    import sys
+
+    from backends.process import RUNNER
+
+    state = tmp_path / "job.json"
+    state.write_text(json.dumps({"created_at": 0, "launcher_pid": 0}))
+    marker = tmp_path / "ran"
+    done = subprocess.run([sys.executable, "-I", RUNNER, str(state), str(tmp_path / "job.log"), "--",
+                           "/bin/sh", "-c", f"touch {marker}"], input=handed_over, timeout=30)
+    assert done.returncode == 2
+    assert not marker.exists()
+    assert json.loads(state.read_text()) == {"created_at": 0, "launcher_pid": 0}
