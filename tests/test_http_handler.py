@@ -81,3 +81,30 @@ async def test_a_streamed_static_file_arrives_whole(signal_threads):
     assert status == 200 and headers[b"content-type"].startswith(b"text/javascript")
     assert body.startswith(b"// Shared by every page") and body.rstrip().endswith(b"})();")
     assert len(signal_threads["finished"]) == 1  # closed once, after it was sent
+
+
+async def post_chunks(path: str, chunks: list[bytes]) -> tuple[int, bytes]:
+    """A POST whose body arrives in `chunks` with no Content-Length (chunked transfer)."""
+    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "root_path": "", "scheme": "http", "http_version": "1.1",
+             "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80)}
+    communicator = ApplicationCommunicator(application, scope)
+    for index, chunk in enumerate(chunks):
+        await communicator.send_input({"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1})
+    start = await communicator.receive_output(10)
+    body = (await communicator.receive_output(10)).get("body", b"")
+    await communicator.wait(10)
+    return start["status"], body
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("path", ["/api/v1/jobs/", "/accounts/login/", "/api/v1/jobs/1/wait/"])
+async def test_a_body_past_the_limit_is_413_as_it_arrives_on_every_path(path, settings):
+    """Django spools bodies (uploads, chunked bodies without Content-Length) to disk with no limit
+    of its own: the handler stops at LAUNCHER_MAX_BODY_BYTES, sync and async views alike."""
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 4096
+    status, body = await post_chunks(path, [b"x" * 1024] * 8)
+    assert status == 413
+    if path.startswith("/api/"):
+        assert body == b'{"detail": "Request body too large."}'
