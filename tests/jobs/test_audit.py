@@ -10,25 +10,10 @@ import re
 import pytest
 from django.urls import reverse
 
-from jobs.models import ApiToken, AuditEntry, Dataset, Job, Role, Site, SiteMembership
-from jobs.services import catalog
+from jobs.models import ApiToken, AuditEntry, Dataset, Job
 from jobs.services.audit import audit_record
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
-
-
-@pytest.fixture
-def study(process_site, data_root):
-    study = catalog.study_create(site=process_site, name="cohort")
-    catalog.dataset_create(study=study, name="train", source=str(data_root / "cohort-a"), mode="ro")
-    return study
-
-
-@pytest.fixture
-def site_b(db, users, tmp_path):
-    site = Site.objects.create(name="site-b", backend="process", process={"workspace": str(tmp_path / "ws-b")})
-    SiteMembership.objects.create(site=site, user=users["outsider"], role=Role.ADMIN)
-    return site
 
 
 def entries(action: str):
@@ -122,11 +107,11 @@ def test_details_never_carry_credentials(process_site, users):
     assert '"LOG_LEVEL": "info"' in stored and '"-n", "j1"' in stored
 
 
-def test_audit_page_staff_see_all_site_admins_their_sites_others_nothing(client, users, process_site, site_b):
+def test_audit_page_staff_see_all_site_admins_their_sites_others_nothing(client, users, process_site, other_site):
     for i in range(60):
         audit_record(action="study.update", target=f"site:site-1/study:s{i}", user=users["owner"])
     audit_record(action="site.update", target="site:site-b", user=users["outsider"], detail={"secret-b": 1})
-    assert AuditEntry.objects.get(target="site:site-b").site == site_b
+    assert AuditEntry.objects.get(target="site:site-b").site == other_site
 
     client.force_login(users["owner"])  # admin of site-1 only
     page = client.get(reverse("audit"))

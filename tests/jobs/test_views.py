@@ -11,7 +11,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from jobs.models import ApiToken, Dataset, Job, JobEvent, Role, Site, SiteMembership
+from jobs.models import ApiToken, Dataset, Job, JobEvent, Site
 from jobs.services import catalog
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
@@ -27,20 +27,6 @@ def make_job(site, job_id="job-1", **fields):
     job = Job.objects.create(site=site, job_id=job_id, **fields)
     JobEvent.objects.create(job=job, from_state="", to_state=job.state, source="api", message="submitted")
     return job
-
-
-@pytest.fixture
-def study(process_site, data_root):
-    study = catalog.study_create(site=process_site, name="cohort")
-    catalog.dataset_create(study=study, name="train", source=str(data_root / "cohort-a"), mode="ro")
-    return study
-
-
-@pytest.fixture
-def other_site(db, users, tmp_path):
-    site = Site.objects.create(name="site-b", backend="process", process={"workspace": str(tmp_path / "ws-b")})
-    SiteMembership.objects.create(site=site, user=users["outsider"], role=Role.ADMIN)
-    return site
 
 
 def page_urls(site, job, study):
