@@ -10,8 +10,8 @@ from __future__ import annotations
 import abc
 import enum
 import threading
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar
 
 MANAGED_BY = "flare-launcher"
@@ -78,6 +78,10 @@ class BackendError(Exception):
     def __init__(self, message: str, *, retryable: bool = False):
         super().__init__(message)
         self.retryable = retryable
+
+
+class StillRunning(BackendError):
+    """cleanup() was asked to remove a workload that has not ended: terminate it first."""
 
 
 class InvalidJobSpec(BackendError):
@@ -224,9 +228,12 @@ class CheckResult:
 
 
 class Backend(abc.ABC):
-    """One site's runtime. Built from that site's typed configuration.
+    """One site's runtime. Built from that site's typed configuration; this is everything the
+    `jobs` app calls.
 
     Every method is idempotent and bounded in time; failures raise BackendError(retryable=...).
+    A backend holds its engine clients and nothing the job row or the engine already knows: a new
+    object for the same site (a restarted dashboard) sees and does exactly what the old one did.
     """
 
     kind: ClassVar[str]
@@ -242,17 +249,20 @@ class Backend(abc.ABC):
         it and return its handle: never start a second one. Leaves nothing half-created on error."""
 
     @abc.abstractmethod
-    def inspect(self, handle: Handle) -> Observation:
-        """Current state. A workload that no longer exists is reported with state LOST and
-        reason "vanished" (callers decide whether that means aborted)."""
+    def inspect(self, handle: Handle, *, terminate_requested: bool = False) -> Observation:
+        """Current state, as the engine reports it. A workload that no longer exists is reported
+        with state LOST and reason "vanished". `terminate_requested` is what the job row knows
+        (Job.terminate_requested_at): then the answer is read as terminated_outcome() says."""
 
     @abc.abstractmethod
     def list_managed(self) -> list[Observation]:
-        """Every workload this site manages, found by label."""
+        """Every workload this site manages, found by label, as the engine reports it."""
 
     @abc.abstractmethod
     def terminate(self, handle: Handle) -> Observation:
-        """Stop the workload. Idempotent: an already-gone workload counts as aborted (9)."""
+        """Stop the workload at once and report the outcome: ABORTED (9), or what
+        terminated_outcome() keeps for a workload that had already ended. Idempotent: calling it
+        again, or for a workload that never existed or is gone, answers ABORTED (9) too."""
 
     @abc.abstractmethod
     def logs(self, handle: Handle, *, tail: int = 200) -> str:
@@ -260,16 +270,39 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def cleanup(self, handle: Handle) -> None:
-        """Remove a finished workload once its record is complete. Missing is fine."""
+        """Remove what the engine keeps of a workload that has ended (container, pod and its
+        Secret, process record and log), once the job's record is complete. Raises StillRunning
+        (not retryable) for one that has not ended: cleanup never stops a job, terminate does.
+        A workload that is already gone is fine."""
 
     @abc.abstractmethod
-    def stream(self, stop: threading.Event) -> Iterator[Observation]:
-        """Yield observations as the engine reports changes, until `stop` is set. Raises
+    def stream(self, stop: threading.Event, *, since: int | None = None) -> Iterator[Observation]:
+        """Yield observations as the engine reports changes, until `stop` is set. `since` (epoch
+        seconds) asks for the changes from then on as well; each backend says how it honours it
+        (replayed engine events, or a first snapshot of every workload, which covers them). A
+        replay may repeat an observation: recording one is idempotent. Raises
         BackendError(retryable=True) when the connection drops; callers reconnect and reconcile."""
 
     @abc.abstractmethod
-    def check_connection(self) -> list[CheckResult]:
-        """Site "test connection": each check with a detail an admin understands."""
+    def check_connection(self, datasets: Iterable[DatasetSpec] = ()) -> list[CheckResult]:
+        """Site "test connection": each check with a detail an admin understands, including the
+        given datasets' sources where this backend can see them."""
+
+
+# NVFlare keeps these codes of a job that failed on its own, even after a terminate (§4.9).
+KEPT_AFTER_TERMINATE = frozenset({ReturnCode.EXCEPTION, ReturnCode.UNSAFE_COMPONENT, ReturnCode.CONFIG_ERROR})
+
+
+def terminated_outcome(observation: Observation) -> Observation:
+    """How an observation reads for a workload the launcher was asked to terminate: a failed exit
+    (the kill's 137 included) or a vanished workload counts as aborted (9), as NVFlare answers after
+    terminate(); a success, a kept 101-103 and a workload that has not ended are left as they are.
+    The jobs app applies the same rule when it records an exit (jobs.services.lifecycle)."""
+    failed = observation.state is JobState.FAILED and observation.return_code not in KEPT_AFTER_TERMINATE
+    if observation.kind != "state" or not (failed or observation.state is JobState.LOST):
+        return observation
+    return replace(observation, state=JobState.ABORTED, return_code=int(ReturnCode.ABORTED),
+                   reason=observation.reason or "terminated")
 
 
 def labels_for(*, site: str, job_pk: str, job_id: str, study: str | None) -> dict[str, str]:

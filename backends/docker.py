@@ -36,6 +36,8 @@ from backends.base import (
     LaunchSpec,
     Observation,
     ReturnCode,
+    StillRunning,
+    terminated_outcome,
 )
 from backends.docker_binds import Pin, Root, verify
 from backends.docker_mounts import bind_pins, confined_source, ensure_job_dir, workspace_dir
@@ -72,8 +74,7 @@ class DockerBackend(Backend):
         self._client: docker.DockerClient | None = None
         self._network_checked = False
         self._lock = threading.Lock()
-        self._terminated: set[str] = set()  # names this instance stopped: their exit counts as 9
-        self._since: int | None = None  # last event second seen by stream(), for resuming
+        self._since: int | None = None  # stream()'s position: a cursor, not job state (see stream())
         self._seen: set[tuple[str, int, str]] = set()
 
     # -----------------------------------------------------------------------------------------
@@ -109,9 +110,7 @@ class DockerBackend(Backend):
             raise
         except APIError as exc:
             raise BackendError(f"cannot {action}: {exc.explanation or exc}", retryable=exc.is_server_error()) from exc
-        except CONNECTION_ERRORS as exc:
-            raise BackendError(f"cannot {action}: Docker daemon at {where} is unreachable ({exc})", retryable=True) from exc
-        except DockerException as exc:  # raised by client construction when the version probe fails
+        except (*CONNECTION_ERRORS, DockerException) as exc:  # DockerException: the client's version probe failed
             raise BackendError(f"cannot {action}: Docker daemon at {where} is unreachable ({exc})", retryable=True) from exc
 
     def _ensure_network(self, client: docker.DockerClient) -> None:
@@ -192,20 +191,20 @@ class DockerBackend(Backend):
             self._start_checked(container, pins)
         return Handle(backend=self.kind, ref=spec.name)
 
-    def inspect(self, handle: Handle) -> Observation:
+    def inspect(self, handle: Handle, *, terminate_requested: bool = False) -> Observation:
         with self._errors(f"inspect {handle.ref}"):
             client = self._docker()
             try:
-                container = client.containers.get(handle.ref)
+                observation = self._observe(client.containers.get(handle.ref))
             except NotFound:
-                return Observation(ref=handle.ref, state=JobState.LOST, reason="vanished",
-                                   message="the container no longer exists")
-            return self._observe(container)
+                observation = Observation(ref=handle.ref, state=JobState.LOST, reason="vanished",
+                                          message="the container no longer exists")
+        return terminated_outcome(observation) if terminate_requested else observation
 
     def _observe(self, container: Any) -> Observation:
         terminal = container.status in ("exited", "dead")
         tail = self._read_logs(container, LOGS_TAIL) if terminal else None
-        return observation_from_container(container.attrs, terminated=container.name in self._terminated, logs_tail=tail)
+        return observation_from_container(container.attrs, logs_tail=tail)
 
     def list_managed(self) -> list[Observation]:
         """One list call; an inspect (and a logs read) only for containers that have ended, which
@@ -226,22 +225,20 @@ class DockerBackend(Backend):
             return observations
 
     def terminate(self, handle: Handle) -> Observation:
-        """Stop at once (SIGKILL after no grace). Idempotent: a missing container is aborted (9);
-        one that had already exited keeps its own code."""
+        """Stop at once (SIGKILL, no grace); the outcome as terminated_outcome() reads it: the kill's exit
+        is aborted (9), a success keeps its 0. Idempotent: a missing container is aborted (9)."""
+        vanished = Observation(ref=handle.ref, state=JobState.ABORTED, return_code=int(ReturnCode.ABORTED),
+                               reason="vanished", message="the container no longer exists")
         with self._errors(f"terminate {handle.ref}"):
             try:
                 container = self._docker().containers.get(handle.ref)
             except NotFound:
-                return Observation(ref=handle.ref, state=JobState.ABORTED, return_code=int(ReturnCode.ABORTED),
-                                   reason="vanished", message="the container no longer exists")
+                return vanished
             if container.status not in ("exited", "dead"):
-                with self._lock:
-                    self._terminated.add(handle.ref)
                 try:
                     container.stop(timeout=0)
                 except NotFound:
-                    return Observation(ref=handle.ref, state=JobState.ABORTED, return_code=int(ReturnCode.ABORTED),
-                                       reason="vanished", message="the container no longer exists")
+                    return vanished
                 except APIError:
                     container.kill()
                 with contextlib.suppress(NotFound):
@@ -254,7 +251,7 @@ class DockerBackend(Backend):
                     return Observation(ref=handle.ref, state=JobState.ABORTED, return_code=int(ReturnCode.ABORTED),
                                        job_pk=(container.labels or {}).get(LABEL_JOB_PK), reason="terminated",
                                        message=f"removed while {container.status}")
-            return self._observe(container)
+            return terminated_outcome(self._observe(container))
 
     def logs(self, handle: Handle, *, tail: int = 200) -> str:
         with self._errors(f"read logs of {handle.ref}"):
@@ -281,25 +278,28 @@ class DockerBackend(Backend):
         return cap_tail(data, lines=tail)
 
     def cleanup(self, handle: Handle) -> None:
+        """Remove an ended container; StillRunning for one that was created but has not ended."""
         with self._errors(f"remove {handle.ref}"):
             try:
+                status = self._docker().api.inspect_container(handle.ref)["State"]["Status"]
+                if status not in ("exited", "dead", "removing"):
+                    raise StillRunning(f"container {handle.ref} is {status}; terminate it before cleanup")
                 self._docker().api.remove_container(handle.ref, force=True)
             except NotFound:
                 pass
             except APIError as exc:
                 if exc.status_code != 409:  # 409: removal already in progress
                     raise
-        with self._lock:
-            self._terminated.discard(handle.ref)
 
     # -----------------------------------------------------------------------------------------
     # events
     # -----------------------------------------------------------------------------------------
 
     def stream(self, stop: threading.Event, *, since: int | None = None) -> Iterator[Observation]:
-        """Container events of this site, from `since` (epoch seconds) or where this instance's last
-        stream stopped. Events a resumed stream replays (the API resolves `since` to whole seconds)
-        are dropped. Returns when `stop` is set; BackendError(retryable=True) if the daemon goes away."""
+        """Container events of this site, from `since` (epoch seconds) or where this object's last
+        stream stopped (on a new object: from now). Events a resumed stream replays (the API resolves
+        `since` to whole seconds) are dropped. Returns when `stop` is set; BackendError(retryable=True)
+        if the daemon goes away."""
         client = self._docker()
         filters = {
             "type": "container", "event": list(STREAM_ACTIONS),
@@ -324,7 +324,8 @@ class DockerBackend(Backend):
             raise BackendError(f"Docker event stream lost: {exc}", retryable=True) from exc
         finally:
             done.set()
-            events.close()
+            with contextlib.suppress(OSError):  # the daemon's side may have shut the socket first
+                events.close()
         if not stop.is_set():
             raise BackendError("Docker event stream ended unexpectedly", retryable=True)
 
@@ -349,13 +350,11 @@ class DockerBackend(Backend):
             self._seen.add(key)
         container_id = key[0]
         action = key[2]
-        name = ((event.get("Actor") or {}).get("Attributes") or {}).get("name", "")
         if action == "oom":
             oom.add(container_id)
         # No logs tail here: reading it is a daemon call, and the stream must not wait on one per
         # exit. Whoever records the exit reads the tail (logs()) before the container is removed.
-        return observation_from_event(event, terminated=name in self._terminated,
-                                      oom=container_id in oom, logs_tail=None)
+        return observation_from_event(event, oom=container_id in oom, logs_tail=None)
 
     # -----------------------------------------------------------------------------------------
     # site check

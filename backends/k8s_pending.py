@@ -37,11 +37,12 @@ class PendingVerdict:
     message: str = ""
 
 
-class PendingTimer:
-    """Wait-for-resources clock; paused time (pod unreadable, events unreadable) is not counted."""
+class PendingPause:
+    """Time a wait-for-resources timer spent paused (§4.8: the pod or its events were unreadable),
+    for the timer that started at `start` (the pod's own timestamp, see pending_clock_start)."""
 
-    def __init__(self, started: float):
-        self.started = started
+    def __init__(self, start: float):
+        self.start = start
         self.paused_at: float | None = None
         self.paused_total = 0.0
 
@@ -49,11 +50,25 @@ class PendingTimer:
         if self.paused_at is None:
             self.paused_at = now
 
-    def elapsed(self, now: float) -> float:
+    def total(self, now: float) -> float:
+        """Paused seconds so far; reading it ends a pause (the pod was readable again)."""
         if self.paused_at is not None:
             self.paused_total += now - self.paused_at
             self.paused_at = None
-        return now - self.started - self.paused_total
+        return self.paused_total
+
+
+def pending_clock_start(pod: Mapping[str, Any], *, fallback: float) -> float:
+    """When the wait for resources began, from the pod itself so that it survives a restart: the
+    last transition of its PodScheduled condition (the scheduler's verdict), else its creation."""
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled":
+            when = pod_time(condition.get("lastTransitionTime"))
+            if when is not None:
+                return when
+    when = pod_time((pod.get("metadata") or {}).get("creationTimestamp"))
+    return fallback if when is None else when
 
 
 def is_shortage(text: str) -> bool:
@@ -64,7 +79,8 @@ def is_shortage(text: str) -> bool:
     return False
 
 
-def parse_time(value: Any) -> float | None:
+def pod_time(value: Any) -> float | None:
+    """An API timestamp (RFC 3339) as epoch seconds; None when absent or malformed."""
     if not isinstance(value, str) or not value:
         return None
     from datetime import datetime
@@ -79,7 +95,7 @@ def event_time(event: Mapping[str, Any]) -> float | None:
     for value in (event.get("eventTime"), (event.get("series") or {}).get("lastObservedTime"),
                   event.get("lastTimestamp"), event.get("firstTimestamp"),
                   (event.get("metadata") or {}).get("creationTimestamp")):
-        when = parse_time(value)
+        when = pod_time(value)
         if when is not None:
             return when
     return None

@@ -1,6 +1,7 @@
 """Kubernetes backend: the change streams behind `KubernetesBackend.stream()`. One WatchFeed thread
-per resource lists, then watches from the last resourceVersion, relists on 410 Gone and restarts
-silent watches every `watch_timeout` seconds; Warning events arrive through a second feed.
+per resource, given the site's API client (k8s_api.KubeApi), lists, then watches from the last
+resourceVersion, relists on 410 Gone and restarts silent watches every `watch_timeout` seconds;
+Warning events arrive through a second feed.
 """
 
 from __future__ import annotations
@@ -11,16 +12,14 @@ import queue
 import socket
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import urllib3
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from backends.base import BackendError
-
-if TYPE_CHECKING:
-    from backends.kubernetes import KubernetesBackend
+from backends.k8s_api import KubeApi
 
 log = logging.getLogger("backends.kubernetes")  # the name log lines had before the split
 
@@ -36,10 +35,11 @@ class WatchFeed(threading.Thread):
     The client's own Watch retries a 410 only once; here every 410 (HTTP or ERROR event) relists,
     and every dropped or timed-out watch resumes from the last resourceVersion seen."""
 
-    def __init__(self, kind: str, list_fn: Callable[..., Any], backend: KubernetesBackend,
-                 inbox: queue.Queue, halt: threading.Event, **selectors: str):
+    def __init__(self, kind: str, list_fn: Callable[..., Any], api: KubeApi, inbox: queue.Queue,
+                 halt: threading.Event, watch_timeout: float, **selectors: str):
         super().__init__(daemon=True, name=f"k8s-watch-{kind}")
-        self.kind, self.list_fn, self.backend, self.inbox, self.halt = kind, list_fn, backend, inbox, halt
+        self.kind, self.list_fn, self.api, self.inbox, self.halt = kind, list_fn, api, inbox, halt
+        self.watch_timeout = watch_timeout
         self.selectors = selectors
         self.resource_version: str | None = None
         self.resp: Any = None
@@ -56,25 +56,25 @@ class WatchFeed(threading.Thread):
                 self.inbox.put(("error", None, BackendError(f"watch of {self.kind} failed: {exc}", retryable=True)))
 
     def _run(self) -> None:
-        b = self.backend
+        api, timeout = self.api, self.watch_timeout
         while not self.halt.is_set():
             if self.resource_version is None:
-                listing = b._call("list", self.kind, self.list_fn, b.namespace, **self.selectors)
+                listing = api.call("list", self.kind, self.list_fn, api.namespace, **self.selectors)
                 self.relists += 1
                 self.resource_version = (listing.get("metadata") or {}).get("resourceVersion") or "0"
                 for item in listing.get("items") or []:
                     self.inbox.put((self.kind, "SYNC", item))
             try:
                 resp = self.list_fn(
-                    b.namespace, watch=True, resource_version=self.resource_version,
-                    allow_watch_bookmarks=True, timeout_seconds=b.watch_timeout, _preload_content=False,
-                    _request_timeout=(b.config.request_timeout, b.watch_timeout + b.config.request_timeout),
+                    api.namespace, watch=True, resource_version=self.resource_version,
+                    allow_watch_bookmarks=True, timeout_seconds=timeout, _preload_content=False,
+                    _request_timeout=(api.config.request_timeout, timeout + api.config.request_timeout),
                     **self.selectors)
             except ApiException as exc:
                 if exc.status == 410:
                     self.resource_version = None
                     continue
-                raise b._api_error(exc, "watch", self.kind) from exc
+                raise api.api_error(exc, "watch", self.kind) from exc
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 raise BackendError(f"Kubernetes API unreachable (watch {self.kind}): {exc}", retryable=True) from exc
             self.resp = resp

@@ -1,14 +1,16 @@
 """Kubernetes backend: each NVFlare job is one bare Pod (launch-semantics.md §4).
 
-Manifests come from the pure builders in `k8s_manifests.py`; this module sends them and reads the
-replies, always as JSON dicts (`_preload_content=False`), with an explicit timeout on every call.
-Pending pods are classified exactly as NVFlare does (§4.8). Timers for pending pods and the site
-start timeout live in this instance's memory: they restart from zero after a process restart (the
-pod is then judged again from its first observation by the new process).
+Manifests come from the pure builders in `k8s_manifests.py`; this module sends them through its API
+client (`k8s_api.KubeApi`: JSON dicts, an explicit timeout on every call) and reads the replies.
+Pending pods are classified exactly as NVFlare does (§4.8). The clocks come from the pod itself:
+the site start timeout counts from its creationTimestamp, the wait-for-resources timer from the
+lastTransitionTime of its PodScheduled condition, so both survive a restart of the launcher. The
+object keeps no job state, only its API client and, per pod whose timer runs, the time the API could
+not be read (§4.8 pauses the timer then); after a restart that paused time counts again.
 
 Module layout: `k8s_config.py` (site configuration and prepare), `k8s_manifests.py` (pure manifest
-builders), `k8s_pending.py` (pure §4.8 classification and timers), `k8s_api.py` (client and calls)
-and `k8s_watch.py` (the change streams behind stream()).
+builders), `k8s_pending.py` (pure §4.8 classification and pod clocks), `k8s_api.py` (the API client
+object) and `k8s_watch.py` (the change streams behind stream(), given that client).
 """
 
 from __future__ import annotations
@@ -18,12 +20,9 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from kubernetes import client
-
-from backends import k8s_manifests as km
 from backends.base import (
     LABEL_JOB_PK,
     LABEL_MANAGED_BY,
@@ -31,16 +30,23 @@ from backends.base import (
     MANAGED_BY,
     Backend,
     BackendError,
+    CheckResult,
+    DatasetSpec,
     Handle,
     JobRequest,
     JobState,
     LaunchSpec,
     Observation,
     ReturnCode,
+    StillRunning,
+    terminated_outcome,
 )
-from backends.k8s_api import LOGS_TAIL, KubeApiError, KubeApiMixin
+from backends import k8s_manifests as km
+from backends.k8s_api import LOGS_TAIL, KubeApi, KubeApiError
 from backends.k8s_config import BACKEND_KIND, KubernetesSiteConfig, prepare_spec
-from backends.k8s_pending import PendingTimer, classify_pending, event_time, pod_observation
+from backends.k8s_pending import (
+    PendingPause, classify_pending, event_time, pending_clock_start, pod_observation, pod_time,
+)
 from backends.k8s_watch import WatchFeed
 from backends.logtail import cap_tail
 
@@ -49,10 +55,11 @@ __all__ = ["KubernetesBackend", "KubernetesSiteConfig"]
 log = logging.getLogger(__name__)
 
 
-class KubernetesBackend(KubeApiMixin, Backend):
+class KubernetesBackend(Backend):
     kind = BACKEND_KIND
     watch_timeout = 60  # server-side watch timeout: silent watches are restarted at least this often
     poll_interval = 0.2  # how often stream() checks `stop` and due pending timers
+    # Pod timestamps are wall-clock (whole seconds, from the API server): timers compare with time.time().
 
     def __init__(
         self,
@@ -60,18 +67,15 @@ class KubernetesBackend(KubeApiMixin, Backend):
         site: str,
         config: KubernetesSiteConfig,
         allowed_data_roots: tuple[str, ...] = (),
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ):
         self.site = site
         self.config = config
         self.allowed_data_roots = allowed_data_roots  # host paths: unused, datasets are PVC claims here
         self.clock = clock
-        self._lock = threading.RLock()
-        self._api_client: client.ApiClient | None = None
-        self._verdicts: dict[str, Observation] = {}  # sticky terminal observations, by pod
-        self._timers: dict[str, PendingTimer] = {}  # wait-for-resources timers
-        self._first_seen: dict[str, float] = {}  # for the site start timeout
-        self._job_pks: dict[str, str | None] = {}
+        self.api = KubeApi(config)
+        self._lock = threading.Lock()
+        self._paused: dict[str, PendingPause] = {}  # §4.8: unreadable time of running timers, by pod
         self._selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_SITE}={km.label_value(site)}"
         self._pod_suffix = "-" + km.site_label(site, km.POD_SUFFIX_MAX)
 
@@ -80,47 +84,41 @@ class KubernetesBackend(KubeApiMixin, Backend):
     def prepare(self, request: JobRequest) -> LaunchSpec:
         return prepare_spec(self.site, self.config, request)
 
-    # API plumbing (_call, _read_pod, _delete, _upsert_secret, _logs_tail...) and check_connection()
-    # come from KubeApiMixin in k8s_api.py.
-
     # -- launch -------------------------------------------------------------------------------
 
     def launch(self, spec: LaunchSpec) -> Handle:
         """Upsert the startup-kit and credential Secrets, create the pod (adopting a same-job pod on
         409), then make the pod own the credential Secret. Raises BackendError; never leaves a
         credential Secret behind without a pod."""
-        core = self._core()
+        core = self.api.core()
         pod_manifest = spec.options["pod"]
         name = spec.name
         if self.config.startup_dir:
-            self._upsert_secret(km.startup_secret(
-                name=spec.options["startup_secret"], namespace=self.namespace, labels=spec.labels,
+            self.api.upsert_secret(km.startup_secret(
+                name=spec.options["startup_secret"], namespace=self.api.namespace, labels=spec.labels,
                 files=read_startup_kit(self.config.startup_dir)))
         cred_name = spec.options["credential_secret"]["name"]
         if spec.credentials:
-            self._upsert_secret(km.credential_secret(
-                name=cred_name, namespace=self.namespace, labels=spec.labels, values=spec.credentials))
+            self.api.upsert_secret(km.credential_secret(
+                name=cred_name, namespace=self.api.namespace, labels=spec.labels, values=spec.credentials))
         try:
-            created = self._call("create", "pods", core.create_namespaced_pod, self.namespace, pod_manifest)
+            created = self.api.call("create", "pods", core.create_namespaced_pod, self.api.namespace, pod_manifest)
         except KubeApiError as exc:
             if exc.status != 409:
-                self._delete_credentials(name)
+                self.api.delete_credentials(name)
                 raise
-            created = self._read_pod(name)
+            created = self.api.read_pod(name)
             if created is None or not _same_job(created, spec.labels):
                 raise BackendError(
-                    f"pod {name} already exists in namespace {self.namespace} and belongs to another job") from exc
+                    f"pod {name} already exists in namespace {self.api.namespace} and belongs to another job") from exc
             log.info("pod %s already exists for this job: adopted", name)
         except BackendError:
-            self._delete_credentials(name)
+            self.api.delete_credentials(name)
             raise
-        with self._lock:
-            self._first_seen.setdefault(name, self.clock())
-            self._job_pks[name] = spec.job_pk
         uid = (created.get("metadata") or {}).get("uid")
         if spec.credentials and uid:
             try:
-                self._call("patch", "secrets", core.patch_namespaced_secret, cred_name, self.namespace,
+                self.api.call("patch", "secrets", core.patch_namespaced_secret, cred_name, self.api.namespace,
                            km.owner_reference_patch(pod=name, uid=uid))
             except BackendError as exc:
                 log.warning("could not make pod %s own Secret %s: %s", name, cred_name, exc)
@@ -128,64 +126,74 @@ class KubernetesBackend(KubeApiMixin, Backend):
 
     # -- observe ------------------------------------------------------------------------------
 
-    def inspect(self, handle: Handle) -> Observation:
+    def inspect(self, handle: Handle, *, terminate_requested: bool = False) -> Observation:
         """Current state, with §4.8 applied to pending pods (a failed pending pod is deleted and
-        reported FAILED/101). Terminal answers are cached and repeated. Raises BackendError when
-        the API cannot be read (the pending timer is paused meanwhile)."""
-        name = handle.ref
-        with self._lock:
-            if name in self._verdicts:
-                return self._verdicts[name]
+        reported FAILED/101; after that the pod is gone: the job row keeps the verdict). Raises
+        BackendError when the API cannot be read (a running pending timer is paused meanwhile)."""
+        obs = self._look(handle.ref)[0]
+        return terminated_outcome(obs) if terminate_requested else obs
+
+    def _look(self, name: str) -> tuple[Observation, float | None]:
+        """Read the pod and judge it (see _judge); an unreadable pod pauses its pending timer."""
         try:
-            pod = self._read_pod(name)
+            pod = self.api.read_pod(name)
         except BackendError:
             self._pause_timer(name)
             raise
         if pod is None:
-            return self._finish(name, None, Observation(
-                ref=name, job_pk=self._job_pks.get(name), state=JobState.LOST, return_code=ReturnCode.ABORTED,
-                reason="vanished", message=f"pod {name} no longer exists"))
-        return self._observe(pod)
+            gone = Observation(ref=name, state=JobState.LOST, return_code=ReturnCode.ABORTED, reason="vanished",
+                               message=f"pod {name} no longer exists")
+            return self._finish(name, None, gone), None
+        return self._judge(pod)
 
     def _observe(self, pod: dict[str, Any], *, deleted: bool = False) -> Observation:
+        return self._judge(pod, deleted=deleted)[0]
+
+    def _judge(self, pod: dict[str, Any], *, deleted: bool = False) -> tuple[Observation, float | None]:
+        """The pod's observation, and the clock() time at which a pending timer of it falls due
+        (None: no timer runs), so that stream() can look again then."""
         name = pod["metadata"]["name"]
-        with self._lock:
-            if name in self._verdicts:
-                return self._verdicts[name]
-            self._job_pks[name] = (pod["metadata"].get("labels") or {}).get(LABEL_JOB_PK)
         obs = pod_observation(pod)
         if obs.state.is_terminal:
-            return self._finish(name, pod, obs)
+            return self._finish(name, pod, obs), None
         if deleted:
             return self._finish(name, None, Observation(
                 ref=name, job_pk=obs.job_pk, state=JobState.LOST, return_code=ReturnCode.ABORTED,
-                reason="vanished", message=f"pod {name} was deleted while {obs.state.value}"))
+                reason="vanished", message=f"pod {name} was deleted while {obs.state.value}")), None
         phase = (pod.get("status") or {}).get("phase")
         if phase not in ("Pending", "Unknown"):
             self._drop_timer(name)
-            return obs
-        verdict = classify_pending(pod, lambda: self._events_for(name), time.time())
+            return obs, None
+        verdict = classify_pending(pod, lambda: self.api.events_for(name), time.time())
         now = self.clock()
-        with self._lock:
-            first = self._first_seen.setdefault(name, now)
+        due: list[float] = []
         if verdict.action == "fail":
-            return self._fail_pending(pod, verdict.reason, verdict.message)
+            return self._fail_pending(pod, verdict.reason, verdict.message), None
         if verdict.action == "wait_resources":
-            timer = self._timers.setdefault(name, PendingTimer(now))
-            elapsed = timer.elapsed(now)
+            start = pending_clock_start(pod, fallback=now)
+            with self._lock:
+                pause = self._paused.get(name)
+                if pause is None or pause.start != start:
+                    pause = self._paused[name] = PendingPause(start)
+                elapsed = now - start - pause.total(now)
             limit = self._pending_timeout(pod)
             if limit is not None and elapsed >= limit:
                 return self._fail_pending(pod, verdict.reason, f"no resources after {elapsed:.0f}s "
-                                          f"(pending_timeout {limit:g}s): {verdict.message}")
+                                          f"(pending_timeout {limit:g}s): {verdict.message}"), None
+            if limit is not None:
+                due.append(now + limit - elapsed)
         elif verdict.action == "pause":
             self._pause_timer(name)
         else:
             self._drop_timer(name)
-        if self.config.timeout is not None and phase == "Pending" and now - first >= self.config.timeout:
-            return self._fail_pending(pod, "StartTimeout",
-                                      f"pod not running after {now - first:.0f}s (site timeout {self.config.timeout:g}s)")
-        return Observation(ref=name, job_pk=obs.job_pk, state=JobState.STARTING,
-                           reason=verdict.reason or obs.reason, message=verdict.message or obs.message)
+        created = pod_time(pod["metadata"].get("creationTimestamp"))
+        if self.config.timeout is not None and phase == "Pending" and created is not None:
+            if now - created >= self.config.timeout:
+                return self._fail_pending(pod, "StartTimeout", f"pod not running after {now - created:.0f}s "
+                                          f"(site timeout {self.config.timeout:g}s)"), None
+            due.append(created + self.config.timeout)
+        return Observation(ref=name, job_pk=obs.job_pk, state=JobState.STARTING, reason=verdict.reason or obs.reason,
+                           message=verdict.message or obs.message), min(due, default=None)
 
     def _pending_timeout(self, pod: dict[str, Any]) -> float | None:
         annotations = pod["metadata"].get("annotations") or {}
@@ -197,9 +205,9 @@ class KubernetesBackend(KubeApiMixin, Backend):
     def _fail_pending(self, pod: dict[str, Any], reason: str, message: str) -> Observation:
         """§4.8 fail: delete the pod at once (grace 0) and report 101."""
         name = pod["metadata"]["name"]
-        tail = self._logs_tail(pod)
+        tail = self.api.logs_tail(pod)
         try:
-            self._delete("pods", name, grace=0)
+            self.api.delete("pods", name, grace=0)
         except BackendError as exc:
             log.warning("could not delete failed pending pod %s: %s", name, exc)
         obs = Observation(ref=name, job_pk=(pod["metadata"].get("labels") or {}).get(LABEL_JOB_PK),
@@ -208,100 +216,95 @@ class KubernetesBackend(KubeApiMixin, Backend):
         return self._finish(name, None, obs)
 
     def _finish(self, name: str, pod: dict[str, Any] | None, obs: Observation) -> Observation:
-        """First terminal sighting: keep the logs tail, drop the credential Secret, cache the answer."""
+        """A terminal sighting: keep the logs tail and drop the credential Secret (again each time:
+        a 404 is fine). The job row, not this object, remembers the verdict."""
         if obs.logs_tail is None and pod is not None:
-            obs = _replace(obs, logs_tail=self._logs_tail(pod))
-        self._delete_credentials(name)
-        with self._lock:
-            self._verdicts[name] = obs
-            self._timers.pop(name, None)
-            self._first_seen.pop(name, None)
+            obs = _replace(obs, logs_tail=self.api.logs_tail(pod))
+        self.api.delete_credentials(name)
+        self._drop_timer(name)
         return obs
 
     def _drop_timer(self, name: str) -> None:
         with self._lock:
-            self._timers.pop(name, None)
+            self._paused.pop(name, None)
 
     def _pause_timer(self, name: str) -> None:
         with self._lock:
-            timer = self._timers.get(name)
-            if timer:
-                timer.pause(self.clock())
+            pause = self._paused.get(name)
+            if pause:
+                pause.pause(self.clock())
 
     def list_managed(self) -> list[Observation]:
-        data = self._call("list", "pods", self._core().list_namespaced_pod, self.namespace,
+        data = self.api.call("list", "pods", self.api.core().list_namespaced_pod, self.api.namespace,
                           label_selector=self._selector)
-        result = []
-        for pod in data.get("items") or []:
-            name = pod["metadata"]["name"]
-            with self._lock:
-                cached = self._verdicts.get(name)
-            result.append(cached or pod_observation(pod))
-        return result
+        return [pod_observation(pod) for pod in data.get("items") or []]
+
+    def check_connection(self, datasets: Iterable[DatasetSpec] = ()) -> list[CheckResult]:
+        """See KubeApi.check_connection (datasets are PVC claims, not checked here)."""
+        return self.api.check_connection(datasets)
 
     # -- stop, logs, cleanup ------------------------------------------------------------------
 
     def terminate(self, handle: Handle) -> Observation:
-        """Delete the pod (grace 0) and its credential Secret. A pod that already ended keeps its
-        code; otherwise ABORTED/9. Idempotent: a missing pod is fine."""
+        """Delete the pod (grace 0) and its credential Secret. A pod that already ended keeps a
+        success or a preserved 101-103 (base.terminated_outcome); otherwise ABORTED/9. Idempotent:
+        a missing pod is fine."""
         name = handle.ref
-        pod = self._read_pod(name)
-        with self._lock:
-            cached = self._verdicts.get(name)
-        if cached is not None:
-            obs = cached
-        elif pod is not None and pod_observation(pod).state.is_terminal:
-            obs = pod_observation(pod)
+        pod = self.api.read_pod(name)
+        if pod is not None and pod_observation(pod).state.is_terminal:
+            obs = terminated_outcome(pod_observation(pod))
         else:
-            obs = Observation(ref=name, job_pk=self._job_pks.get(name), state=JobState.ABORTED,
-                              return_code=ReturnCode.ABORTED, reason="terminated",
+            obs = Observation(ref=name, job_pk=_job_pk(pod), state=JobState.ABORTED,
+                              return_code=ReturnCode.ABORTED, reason="terminated" if pod else "vanished",
                               message="terminated by the launcher" if pod else f"pod {name} was already gone")
-        if pod is not None and obs.logs_tail is None:
-            obs = _replace(obs, logs_tail=self._logs_tail(pod))
         if pod is not None:
-            self._delete("pods", name, grace=0)
+            obs = _replace(obs, logs_tail=self.api.logs_tail(pod))
+            self.api.delete("pods", name, grace=0)
         return self._finish(name, None, obs)
 
     def logs(self, handle: Handle, *, tail: int = LOGS_TAIL) -> str:
-        pod = self._read_pod(handle.ref)
+        pod = self.api.read_pod(handle.ref)
         # tail_lines bounds what the API returns; the byte cap applies after (backends.logtail)
-        return cap_tail(self._logs_tail(pod, tail=tail, quiet=False), lines=tail) if pod else ""
+        return cap_tail(self.api.logs_tail(pod, tail=tail, quiet=False), lines=tail) if pod else ""
 
     def cleanup(self, handle: Handle) -> None:
-        """Delete a finished pod and its credential Secret (after the job record is complete).
-        Refuses a pod that is still starting or running: terminate it first."""
+        """Delete an ended pod and its credential Secret (after the job record is complete). Raises
+        StillRunning for a pod that is still starting or running (terminate it first); a pod
+        already being deleted counts as ended. Missing is fine."""
         name = handle.ref
-        pod = self._read_pod(name)
-        with self._lock:
-            finished = name in self._verdicts
+        pod = self.api.read_pod(name)
         if pod is not None:
-            if not finished and not pod_observation(pod).state.is_terminal:
-                raise BackendError(f"pod {name} has not finished; terminate it before cleanup")
-            self._delete("pods", name)
+            if not pod_observation(pod).state.is_terminal and not pod["metadata"].get("deletionTimestamp"):
+                raise StillRunning(f"pod {name} has not finished; terminate it before cleanup")
+            self.api.delete("pods", name)
         try:
-            self._delete("secrets", km.credential_secret_name(name))
+            self.api.delete("secrets", km.credential_secret_name(name))
         finally:
-            with self._lock:
-                for store in (self._verdicts, self._timers, self._first_seen, self._job_pks):
-                    store.pop(name, None)
+            self._drop_timer(name)
 
     # -- stream -------------------------------------------------------------------------------
 
-    def stream(self, stop: threading.Event) -> Iterator[Observation]:
-        """Watch this site's pods and the Warning events about them. Resumes after disconnects from
-        the last resourceVersion, relists on 410 Gone, restarts silent watches every
-        `watch_timeout` seconds and re-checks pods whose pending timer is running. Returns within
-        about `poll_interval` of `stop` being set; raises BackendError(retryable=True) when the API
-        cannot be reached."""
+    def stream(self, stop: threading.Event, *, since: int | None = None) -> Iterator[Observation]:
+        """Watch this site's pods and the Warning events about them. Every watch starts with a list
+        of every pod of the site, so the stream always begins with the current state of each: that
+        covers anything since `since`, which is therefore not needed here. Resumes after disconnects
+        from the last resourceVersion, relists on 410 Gone, restarts silent watches every
+        `watch_timeout` seconds and looks again at a pending pod when its timer falls due. Returns
+        within about `poll_interval` of `stop` being set; raises BackendError(retryable=True) when
+        the API cannot be reached."""
         inbox: queue.Queue = queue.Queue()
         halt = threading.Event()
-        core = self._core()
+        core = self.api.core()
         feeds = [
-            WatchFeed("pods", core.list_namespaced_pod, self, inbox, halt, label_selector=self._selector),
-            WatchFeed("events", core.list_namespaced_event, self, inbox, halt,
+            WatchFeed("pods", core.list_namespaced_pod, self.api, inbox, halt, self.watch_timeout,
+                      label_selector=self._selector),
+            WatchFeed("events", core.list_namespaced_event, self.api, inbox, halt, self.watch_timeout,
                       field_selector="type=Warning,involvedObject.kind=Pod"),
         ]
+        # What this stream has seen, for the Warning events it forwards; rebuilt by every stream.
         seen_events: set[str] = set()
+        pods: dict[str, Observation] = {}
+        due: dict[str, float] = {}
         for feed in feeds:
             feed.start()
         try:
@@ -309,14 +312,17 @@ class KubernetesBackend(KubeApiMixin, Backend):
                 try:
                     kind, event_type, obj = inbox.get(timeout=self.poll_interval)
                 except queue.Empty:
-                    yield from self._due_timers()
+                    yield from self._due_timers(due, pods)
                     continue
                 if kind == "error":
                     raise obj
                 if kind == "pods":
-                    yield self._observe(obj, deleted=event_type == "DELETED")
+                    obs, when = self._judge(obj, deleted=event_type == "DELETED")
+                    pods[obs.ref] = obs
+                    _set_due(due, obs.ref, when)
+                    yield obs
                 elif kind == "events":
-                    obs = self._event_observation(obj)
+                    obs = self._event_observation(obj, pods)
                     if obs is not None and obs.event_id not in seen_events:
                         seen_events.add(obs.event_id or "")
                         yield obs
@@ -325,37 +331,46 @@ class KubernetesBackend(KubeApiMixin, Backend):
             for feed in feeds:
                 feed.close()
 
-    def _due_timers(self) -> Iterator[Observation]:
-        with self._lock:
-            names = list(self._timers)
-        for name in names:
-            timer = self._timers.get(name)
-            if timer is None or timer.paused_at is not None:
-                continue
+    def _due_timers(self, due: dict[str, float], pods: dict[str, Observation]) -> Iterator[Observation]:
+        now = self.clock()
+        for name in [name for name, when in due.items() if when <= now]:
             try:
-                obs = self.inspect(Handle(self.kind, name))
+                obs, when = self._look(name)
             except BackendError:
                 continue
+            _set_due(due, name, when)
+            pods[name] = obs
             if obs.state.is_terminal:
                 yield obs
 
-    def _event_observation(self, event: dict[str, Any]) -> Observation | None:
+    def _event_observation(self, event: dict[str, Any], pods: Mapping[str, Observation]) -> Observation | None:
         involved = event.get("involvedObject") or {}
         name = involved.get("name") or ""
         if event.get("type") != "Warning" or not name.endswith(self._pod_suffix):
             return None
         meta = event.get("metadata") or {}
-        with self._lock:
-            state = (self._verdicts[name].state if name in self._verdicts else JobState.STARTING)
-            job_pk = self._job_pks.get(name)
-        return Observation(ref=name, job_pk=job_pk, state=state, kind="event", reason=event.get("reason") or "",
-                           message=event.get("message") or "", at=event_time(event),
+        last = pods.get(name)
+        return Observation(ref=name, job_pk=last.job_pk if last else None,
+                           state=last.state if last else JobState.STARTING, kind="event",
+                           reason=event.get("reason") or "", message=event.get("message") or "",
+                           at=event_time(event),
                            event_id=f"{meta.get('uid')}:{event.get('count') or 1}:{meta.get('resourceVersion')}")
 
 
 # ---------------------------------------------------------------------------------------------
 # Pure helpers
 # ---------------------------------------------------------------------------------------------
+
+
+def _set_due(due: dict[str, float], name: str, when: float | None) -> None:
+    if when is None:
+        due.pop(name, None)
+    else:
+        due[name] = when
+
+
+def _job_pk(pod: Mapping[str, Any] | None) -> str | None:
+    return (((pod or {}).get("metadata") or {}).get("labels") or {}).get(LABEL_JOB_PK)
 
 
 def _same_job(pod: Mapping[str, Any], labels: Mapping[str, str]) -> bool:

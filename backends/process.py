@@ -22,7 +22,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from backends import nvflare
@@ -30,6 +30,7 @@ from backends.base import (
     Backend,
     BackendError,
     CheckResult,
+    DatasetSpec,
     Handle,
     InvalidJobSpec,
     JobRequest,
@@ -37,8 +38,10 @@ from backends.base import (
     LaunchSpec,
     Observation,
     ReturnCode,
+    StillRunning,
     labels_for,
     state_for_return_code,
+    terminated_outcome,
 )
 from backends.logtail import read_file_tail
 from backends.paths import under_allowed_roots, workspace_child
@@ -217,8 +220,9 @@ class ProcessBackend(Backend):
                 and time.time() - state.get("created_at", time.time()) > ABANDONED_AFTER
                 and not _alive(state.get("launcher_pid")))
 
-    def inspect(self, handle: Handle) -> Observation:
-        return self._observe(handle.ref, self._read_state(handle.ref))
+    def inspect(self, handle: Handle, *, terminate_requested: bool = False) -> Observation:
+        observation = self._observe(handle.ref, self._read_state(handle.ref))
+        return terminated_outcome(observation) if terminate_requested else observation
 
     def list_managed(self) -> list[Observation]:
         if not self._state_dir_trusted():
@@ -231,17 +235,13 @@ class ProcessBackend(Backend):
         return [self._observe(ref, self._read_state(ref)) for ref in refs]
 
     def terminate(self, handle: Handle) -> Observation:
+        """Kill the job's process group and wait for its runner to record the exit (or record 137
+        when the runner is gone). Reported through terminated_outcome(): a missing record is ABORTED."""
         state = self._read_state(handle.ref)
-        if state is None:
-            return Observation(ref=handle.ref, state=JobState.ABORTED, return_code=ReturnCode.ABORTED,
-                               reason="vanished", message="no such process; counted as aborted")
-        if state.get("exit_code") is None:
-            path = self._state_path(handle.ref)
-            write_state(path, terminated=True)
+        if state is not None and state.get("exit_code") is None:
             # A job still being spawned has no pid yet: give the runner a moment to record it.
             _wait_for(lambda: (self._read_state(handle.ref) or {}).get("pid") is not None, timeout=5)
             pid = (self._read_state(handle.ref) or {}).get("pid")
-            write_state(path, terminated=True)  # again: the runner's start-up write may have raced the first
             if pid:
                 try:
                     os.killpg(pid, signal.SIGKILL)  # the job's own process group: it and its children
@@ -250,21 +250,27 @@ class ProcessBackend(Backend):
             recorded = _wait_for(lambda: (self._read_state(handle.ref) or {}).get("exit_code") is not None,
                                  timeout=5)
             if not recorded:  # the runner itself is gone; record the kill ourselves
-                write_state(path, exit_code=137, finished_at=time.time())
-        return self.inspect(handle)
+                write_state(self._state_path(handle.ref), exit_code=137, finished_at=time.time())
+        return self.inspect(handle, terminate_requested=True)
 
     def logs(self, handle: Handle, *, tail: int = 200) -> str:
-        return _tail(self._log_path(handle.ref), tail)
+        return read_file_tail(self._log_path(handle.ref), tail, final_newline=False)  # byte-capped
 
     def cleanup(self, handle: Handle) -> None:
+        """Remove the record and log of an ended job; StillRunning while it runs (or starts)."""
+        if not self.inspect(handle).state.is_terminal:
+            raise StillRunning(f"process {handle.ref} has not finished; terminate it before cleanup")
         for path in (self._state_path(handle.ref), self._log_path(handle.ref)):
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
 
-    def stream(self, stop: threading.Event) -> Iterator[Observation]:
+    def stream(self, stop: threading.Event, *, since: int | None = None) -> Iterator[Observation]:
+        """Scans the state files every STREAM_INTERVAL and reports each one that changed. The first
+        scan reports every job whose record changed at or after `since` (all of them when None)."""
         seen: dict[str, float] = {}
+        floor = since * 1_000_000_000 if since is not None else None
         while not stop.is_set():
             try:
                 entries = list(os.scandir(self.state_dir)) if self._state_dir_trusted() else []
@@ -282,12 +288,14 @@ class ProcessBackend(Backend):
                     continue
                 if seen.get(ref) != mtime:
                     seen[ref] = mtime
-                    yield self._observe(ref, self._read_state(ref))
+                    if floor is None or mtime >= floor:
+                        yield self._observe(ref, self._read_state(ref))
             for ref in set(seen) - current:
                 del seen[ref]
+            floor = None  # later changes are reported whenever they happen
             stop.wait(STREAM_INTERVAL)
 
-    def check_connection(self) -> list[CheckResult]:
+    def check_connection(self, datasets: Iterable[DatasetSpec] = ()) -> list[CheckResult]:
         ws = self.config.workspace
         checks = [
             CheckResult(name="workspace", ok=bool(ws) and os.path.isdir(ws) and os.access(ws, os.W_OK),
@@ -302,6 +310,14 @@ class ProcessBackend(Backend):
                 f", who cannot enter {blocked} (on the way to their job directories)" if blocked else "")))
         except InvalidJobSpec as exc:
             checks.append(CheckResult(name="job user", ok=False, detail=f"{exc.field}: {exc.reason}"))
+        for ds in datasets:  # a process job finds each dataset by path (no mounts): it must be there
+            name = f"dataset {ds.study}/{ds.name}"
+            try:
+                path = under_allowed_roots(ds.source, self.allowed_data_roots, name)
+                checks.append(CheckResult(name=name, ok=os.path.exists(path), detail=f"{path} " + (
+                    "present" if os.path.exists(path) else "does not exist")))
+            except InvalidJobSpec as exc:
+                checks.append(CheckResult(name=name, ok=False, detail=exc.reason))
         return checks
 
     # -- internals --------------------------------------------------------------------------
@@ -324,15 +340,12 @@ class ProcessBackend(Backend):
         job_pk = (state.get("labels") or {}).get("flare-launcher/job")
         exit_code = state.get("exit_code")
         if exit_code is not None:
-            if state.get("terminated"):
-                code = ReturnCode.ABORTED
-            else:
-                code = exit_code if exit_code in (ReturnCode.SUCCESS, ReturnCode.ABORTED) else ReturnCode.EXECUTION_ERROR
+            code = exit_code if exit_code in (ReturnCode.SUCCESS, ReturnCode.ABORTED) else ReturnCode.EXECUTION_ERROR
             return Observation(
                 ref=ref, job_pk=job_pk, state=state_for_return_code(code), exit_code=exit_code,
-                return_code=int(code), reason=state.get("reason", "terminated" if state.get("terminated") else ""),
+                return_code=int(code), reason=state.get("reason", ""),
                 message=state.get("message") or f"process exited with code {exit_code}",
-                at=state.get("finished_at"), logs_tail=_tail(self._log_path(ref), 200),
+                at=state.get("finished_at"), logs_tail=self.logs(Handle(self.kind, ref)),
             )
         if state.get("pid"):
             if not _alive(state.get("runner_pid")):
@@ -384,8 +397,3 @@ def _wait_for(predicate, *, timeout: float) -> bool:
             return True
         time.sleep(0.02)
     return predicate()
-
-
-def _tail(path: str, lines: int) -> str:
-    """The last `lines` lines, byte-capped; reads only the file's last LAUNCHER_LOGS_TAIL_BYTES."""
-    return read_file_tail(path, lines, final_newline=False)

@@ -10,7 +10,6 @@ of log followers forward its new output lines to the job's page.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import random
@@ -34,7 +33,7 @@ from jobs.services.sites import site_backend
 
 log = logging.getLogger(__name__)
 BACKOFF_START, BACKOFF_CAP = 0.5, 30.0  # seconds between reconnect attempts, doubling, with jitter
-LOG_POLL_SECONDS = 1.0  # how often a follower reads a running job's output (backends without follow_logs)
+LOG_POLL_SECONDS = 1.0  # how often a follower reads a running job's output
 HOSTNAME = socket.gethostname()
 
 
@@ -107,14 +106,6 @@ class LogFollower(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        follow = getattr(self.backend, "follow_logs", None)
-        if follow is not None:  # a backend that can stream output (one long request) does so
-            try:
-                for lines in follow(self.handle, self.stop):
-                    events.publish_log_lines(self.job_pk, self.site_name, list(lines))
-            except BackendError as exc:
-                log.info("log follower of job %s stopped: %s", self.job_pk, exc)
-            return
         previous: list[str] = []
         tail = max(1, settings.LAUNCHER_LOGS_TAIL_LINES)
         while not self.stop.is_set():
@@ -210,7 +201,9 @@ class SiteWatcher(threading.Thread):
     def _stream_once(self) -> None:
         site = Site.objects.get(pk=self.site_pk)
         backend = site_backend(site)
-        stream = _open_stream(backend, self.stop, since=int(time.time()) - 1)
+        # Replayed from a second ago (where the backend replays), so the reconcile that follows and
+        # the stream overlap instead of leaving a gap.
+        stream = backend.stream(self.stop, since=int(time.time()) - 1)
         site_reconcile(site=site)  # anything that happened while we were away
         for job in Job.objects.filter(site=site, state=JobState.RUNNING).exclude(handle=None):
             self.followers.track(job, backend)
@@ -251,14 +244,6 @@ class Lanes:
         for executor in self.executors:
             executor.submit(connection.close)  # each lane thread holds its own database connection
             executor.shutdown(wait=True)
-
-
-def _open_stream(backend, stop: threading.Event, *, since: int):
-    """The backend's change stream, replaying from `since` where the backend can (Docker), so the
-    reconcile that follows and the stream overlap instead of leaving a gap."""
-    if "since" in inspect.signature(backend.stream).parameters:
-        return backend.stream(stop, since=since)
-    return backend.stream(stop)
 
 
 # ---------------------------------------------------------------------------------------------

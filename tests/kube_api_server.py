@@ -150,7 +150,9 @@ def status_body(code: int, reason: str, message: str) -> dict:
 class KubeAPIServer:
     """Start with `start()`, point a client at `write_kubeconfig(path)`, stop with `stop()`."""
 
-    def __init__(self, *, token: str = TOKEN, user: str = "system:serviceaccount:default:flare-launcher"):
+    def __init__(self, *, token: str = TOKEN, user: str = "system:serviceaccount:default:flare-launcher",
+                 clock: Callable[[], float] = time.time):
+        self.clock = clock  # stamps creationTimestamp and lastTransitionTime (tests move it by hand)
         self.token = token
         self.user = user
         self.cond = threading.Condition()
@@ -237,7 +239,7 @@ class KubeAPIServer:
             return 422, status_body(422, "Invalid", "metadata.name: must be no more than 63 characters")
         if (ns, name) in self.store[resource]:
             return 409, status_body(409, "AlreadyExists", f'{resource} "{name}" already exists')
-        meta.update(namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=rfc3339(time.time()))
+        meta.update(namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=rfc3339(self.clock()))
         body.setdefault("apiVersion", "v1")
         body.setdefault("kind", KINDS[resource])
         if resource == "secrets":
@@ -258,9 +260,13 @@ class KubeAPIServer:
             for cs in status.get(key) or []:
                 if cs.get("name") is None:
                     cs["name"] = main
+        before = {(c.get("type"), c.get("status")): c for c in (pod.get("status") or {}).get("conditions") or []}
         for cond in status.get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "True":
                 pod["spec"]["nodeName"] = "loopback-node"
+            # As the kubelet and scheduler do: the time moves only when the condition changes.
+            same = before.get((cond.get("type"), cond.get("status"))) or {}
+            cond.setdefault("lastTransitionTime", same.get("lastTransitionTime") or rfc3339(self.clock()))
         pod["status"] = status
 
     # -- test controls: the kubelet, the scheduler and the network -------------------------------

@@ -28,14 +28,14 @@ DEADLINE = "deadline"
 
 
 def site_check_connection(site: Site, datasets: list[dict[str, Any]] | None = None) -> list[CheckResult]:
-    """The site backend's connection checks; for Docker also `datasets` (default: all of the site's
-    datasets). Returns within the deadline; a `busy` or `deadline` result (ok=False) says why not."""
+    """The site backend's connection checks, with `datasets` (default: all of the site's datasets)
+    where the backend can see their sources. Returns within the deadline; a `busy` or `deadline`
+    result (ok=False) says why not."""
     backend = site_backend(site)
-    args: tuple = ()
-    if site.backend == "docker":  # read in this thread: the pool threads never touch the database
-        args = ([DatasetSpec(**d) for d in datasets] if datasets is not None else [
-            DatasetSpec(study=d.study.name, name=d.name, source=d.source, mode=d.mode)
-            for d in Dataset.objects.filter(study__site=site).select_related("study")],)
+    # Read in this thread: the pool threads never touch the database.
+    args = ([DatasetSpec(**d) for d in datasets] if datasets is not None else [
+        DatasetSpec(study=d.study.name, name=d.name, source=d.source, mode=d.mode)
+        for d in Dataset.objects.filter(study__site=site).select_related("study")],)
     if not _slots.acquire(blocking=False):
         return [CheckResult(name=BUSY, ok=False, detail=(
             f"{CHECK_SLOTS} connection tests are already running in this process (a slow or unreachable "

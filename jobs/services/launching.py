@@ -47,10 +47,10 @@ def job_launch(*, job_pk: int, credentials: dict[str, Any]) -> Job | None:
         handle=handle.as_dict(), spec=spec.redacted(), image=spec.image,
     )
     if job.is_terminal:  # terminated (or lost) while we were launching: do not leave it running
-        backend.terminate(handle)
-        return job_apply_observation(backend.inspect(handle), source="worker", job=job)
+        return job_apply_observation(backend.terminate(handle), source="worker", job=job)
     # The watcher normally reports what follows; inspecting once closes the gap for a fast job.
-    return job_apply_observation(backend.inspect(handle), source="worker", job=job)
+    observation = backend.inspect(handle, terminate_requested=job.terminate_requested_at is not None)
+    return job_apply_observation(observation, source="worker", job=job)
 
 
 def job_terminate(*, job_pk: int) -> Job | None:
@@ -62,10 +62,7 @@ def job_terminate(*, job_pk: int) -> Job | None:
         job, _ = job_observe(job_pk=job_pk, state=JobState.ABORTED, source="worker", message="terminated before launch")
         return job
     backend = site_backend(job.site)
-    observation = backend.terminate(Handle(**job.handle))
-    if observation.state is JobState.LOST:  # already gone: NVFlare counts that as aborted
-        observation = Observation(ref=observation.ref, state=JobState.ABORTED, reason="vanished",
-                                  message="terminated; the workload was already gone")
+    observation = backend.terminate(Handle(**job.handle))  # a workload already gone answers aborted (9)
     return job_apply_observation(observation, source="worker", job=job, terminated=True)
 
 

@@ -39,7 +39,8 @@ def site_reconcile(*, site: Site) -> ReconcileReport:
         report.checked += 1
         jobs_by_pk[str(job.pk)] = job
         ref = job.handle["ref"]
-        observation = observed.get(ref) or backend.inspect(Handle(**job.handle))
+        observation = observed.get(ref) or backend.inspect(
+            Handle(**job.handle), terminate_requested=job.terminate_requested_at is not None)
         before = job.state
         if observation.state is JobState.LOST:
             job, _ = job_observe(job_pk=job.pk, state=JobState.LOST, source="reconcile", reason="vanished",
@@ -74,7 +75,8 @@ def site_reconcile(*, site: Site) -> ReconcileReport:
 
 
 def _settle_leftover(backend, job: Job, observation) -> None:
-    """A workload of a job whose record is complete: stop it if it still runs, then remove it."""
+    """A workload of a job whose record is complete: stop it if it still runs (cleanup refuses a
+    running one), then remove it."""
     handle = Handle(backend=backend.kind, ref=observation.ref)
     if observation.state.is_terminal and not job.logs_tail:  # its recorder died before saving the tail
         job_save_logs_tail(job_pk=job.pk, logs_tail=observation.logs_tail)

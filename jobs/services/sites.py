@@ -24,8 +24,9 @@ def site_backend_settings(site: Site) -> dict[str, Any]:
 
 
 def site_backend(site: Site) -> Backend:
-    """The backend object for a site, cached per process (it holds engine clients and timers) and
-    rebuilt whenever the site's settings change."""
+    """The backend object for a site, cached per process and rebuilt whenever the site's settings
+    change. The cache only saves engine clients (a Docker or Kubernetes API client and its
+    connection pool): a backend keeps no job state, so a new object would behave the same."""
     key = (site.backend, site.updated_at, tuple(site.allowed_data_roots or ()))
     with _cache_lock:
         cached = _cache.get(site.pk)

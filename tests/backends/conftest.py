@@ -1,7 +1,7 @@
 """Fixtures for the Docker backend tests. No Django here.
 
-Docker tests run against the real daemon. When it cannot be reached they skip loudly, unless
-LAUNCHER_REQUIRE_DOCKER=1 is set (CI, `make test`), in which case they fail. Every test uses a site
+Docker tests run against the real daemon (tests.util.docker_client_or_skip): when it cannot be
+reached they skip loudly, unless LAUNCHER_REQUIRE_DOCKER=1 is set (CI, `make test`): then they fail. Every test uses a site
 name unique to this pytest session, so containers are found and removed by label without touching
 anyone else's.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -21,9 +20,9 @@ import pytest
 
 from backends.base import LABEL_SITE, DatasetSpec, JobRequest, StudyRuntime
 from backends.docker import DockerBackend, DockerSiteConfig
+from tests.util import docker_client_or_skip
 
 IMAGE = "launcher-test/fake-python:1"
-BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "images" / "build.sh"
 JOB_UID, JOB_GID = 1000, 1000
 SITE = f"site-{uuid.uuid4().hex[:8]}"  # one per session: the label every test container carries
 TOKEN = "tok-Secret-7f3a"
@@ -121,16 +120,7 @@ def docker_request(docker_site: str, docker_data_root: Path) -> Callable[..., Jo
 
 @pytest.fixture(scope="session")
 def docker_client() -> docker.DockerClient:
-    try:
-        client = docker.from_env(timeout=10)
-        client.ping()
-    except Exception as exc:  # any reason the daemon is not there
-        message = (f"Docker daemon unreachable ({exc}). Start it with "
-                   "`(setsid dockerd >/var/log/dockerd.log 2>&1 &)`")
-        if os.environ.get("LAUNCHER_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"LAUNCHER_REQUIRE_DOCKER=1 and {message}", pytrace=False)
-        pytest.skip(f"!!! SKIPPING the Docker backend tests: {message}")
-    subprocess.run([str(BUILD_SCRIPT)], check=True, timeout=120)
+    client = docker_client_or_skip(timeout=10)
     yield client
     _remove_site_containers(client, SITE)
     client.close()

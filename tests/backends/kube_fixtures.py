@@ -4,7 +4,6 @@ it through a real kubeconfig, a controllable clock and NVFlare-shaped job reques
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,27 +21,18 @@ CREDENTIAL_VALUES = (TOKEN, SIGNATURE, SSID)
 
 
 class FakeClock:
-    """Monotonic clock the test moves by hand (pending and start timers)."""
+    """Wall clock the test moves by hand, shared by the backend and the loopback API server (which
+    stamps creationTimestamp and condition lastTransitionTime with it): the pending and start timers
+    count from those. Starts on a whole second, as the API's timestamps do."""
 
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = float(int(time.time()))
 
     def __call__(self) -> float:
         return self.now
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s (last value: {value!r})")
-        time.sleep(interval)
 
 
 def client_args(job_id: str = JOB_ID) -> dict[str, list[Any]]:
@@ -69,8 +59,8 @@ def job_request(*, k8s: dict | None = None, job_id: str = JOB_ID, study: StudyRu
 
 
 @pytest.fixture
-def kube_server():
-    server = KubeAPIServer().start()
+def kube_server(clock):
+    server = KubeAPIServer(clock=clock).start()
     yield server
     server.stop()
 

@@ -2,56 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import queue
-import socket
 import threading
 import time
 
 import pytest
 
-from backends.base import BackendError, JobState
-from tests.util import wait_until
+from backends.base import BackendError, JobState, terminated_outcome
+from tests.docker_proxy import DockerProxy
+from tests.util import StreamCollector, wait_until
 
 pytestmark = pytest.mark.docker
 
 
-class Collector:
-    """Runs backend.stream() in a thread and timestamps every observation on arrival."""
-
-    def __init__(self, backend, **kwargs):
-        self.stop = threading.Event()
-        self.items: queue.Queue = queue.Queue()
-        self.seen: list = []
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(backend, kwargs), daemon=True)
-        self.thread.start()
-
-    def _run(self, backend, kwargs):
-        try:
-            for observation in backend.stream(self.stop, **kwargs):
-                self.items.put((time.time(), observation))
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-
-    def next_for(self, ref, predicate, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                arrived, observation = self.items.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            self.seen.append(observation)
-            if observation.ref == ref and predicate(observation):
-                return arrived, observation
-        pytest.fail(f"no matching observation for {ref} within {timeout}s; saw {self.seen}")
-
-    def close(self, timeout=2.0):
-        started = time.monotonic()
-        self.stop.set()
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "stream() did not return after stop was set"
-        return time.monotonic() - started
+Collector = StreamCollector
 
 
 def test_exit_is_delivered_within_a_second(docker_backend, docker_request):
@@ -76,8 +39,8 @@ def test_exit_is_delivered_within_a_second(docker_backend, docker_request):
 
 
 def test_idle_stream_returns_promptly_on_stop(make_docker_backend, docker_client, tmp_path):
-    proxy = CuttableProxy(str(tmp_path / "proxy.sock"), os.path.realpath("/var/run/docker.sock"))
-    collector = Collector(make_docker_backend(docker_host=f"unix://{tmp_path / 'proxy.sock'}"))
+    proxy = DockerProxy(str(tmp_path / "proxy.sock")).restore()
+    collector = Collector(make_docker_backend(docker_host=proxy.url))
     wait_until(lambda: b"/events" in proxy.sent)  # blocked on a quiet connection now
     assert collector.close() < 1.5
     assert collector.error is None
@@ -91,7 +54,12 @@ def test_terminated_job_is_aborted_on_the_stream(docker_backend, docker_request)
         collector.next_for(handle.ref, lambda o: o.state == JobState.RUNNING)
         docker_backend.terminate(handle)
         _, died = collector.next_for(handle.ref, lambda o: o.state.is_terminal)
-        assert (died.state, died.return_code) == (JobState.ABORTED, 9)
+        # The stream reports what the daemon saw (killed: 137). That the launcher asked for it is
+        # the job row's to know (terminate_requested_at): with it, the exit reads as aborted (9),
+        # the rule the jobs app applies when it records the exit (test_lifecycle.py).
+        assert died.exit_code == 137
+        aborted = terminated_outcome(died)
+        assert (aborted.state, aborted.return_code) == (JobState.ABORTED, 9)
     finally:
         collector.close()
 
@@ -114,57 +82,9 @@ def test_resumed_stream_skips_replayed_events(docker_backend, docker_request):
     assert not any(o.ref == a.ref for o in second.seen)
 
 
-class CuttableProxy:
-    """A unix-socket proxy in front of the real daemon whose connections the test can cut."""
-
-    def __init__(self, path: str, upstream: str):
-        self.upstream = upstream
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(path)
-        self.server.listen()
-        self.sockets: list[socket.socket] = []
-        self.sent = bytearray()  # everything clients sent, to see which requests were made
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            upstream.connect(self.upstream)
-            self.sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    def _pump(self, src, dst):
-        try:
-            while data := src.recv(65536):
-                if dst.family == socket.AF_UNIX and src in self.sockets[::2]:
-                    self.sent += data
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def cut(self):
-        self.server.close()
-        for s in self.sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
 def test_lost_connection_is_a_retryable_error(make_docker_backend, tmp_path, docker_client):
-    proxy = CuttableProxy(str(tmp_path / "proxy.sock"), os.path.realpath("/var/run/docker.sock"))
-    collector = Collector(make_docker_backend(docker_host=f"unix://{tmp_path / 'proxy.sock'}"))
+    proxy = DockerProxy(str(tmp_path / "proxy.sock")).restore()
+    collector = Collector(make_docker_backend(docker_host=proxy.url))
     wait_until(lambda: b"/events" in proxy.sent)
     proxy.cut()
     collector.thread.join(5)

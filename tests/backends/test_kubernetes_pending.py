@@ -34,7 +34,8 @@ def test_fail_fast_waiting_reasons(kube_server, backend, reason):
     obs = backend.inspect(handle)
     assert_failed_and_deleted(kube_server, name, obs, reason)
     assert f"details of {reason}" in obs.message
-    assert backend.inspect(handle) == obs  # sticky after the pod is gone
+    # The pod is gone now; the job row keeps this verdict (terminal states are sticky there).
+    assert (backend.inspect(handle).state, backend.inspect(handle).reason) == (JobState.LOST, "vanished")
 
 
 def test_container_creating_waits(kube_server, backend):
@@ -94,6 +95,27 @@ def test_insufficient_cpu_waits_then_fails_at_pending_timeout(kube_server, make_
     obs = backend.inspect(handle)
     assert_failed_and_deleted(kube_server, name, obs, "Unschedulable")
     assert "Insufficient cpu" in obs.message and "pending_timeout 120s" in obs.message
+
+
+def test_pending_timeout_counts_from_the_pod_and_survives_a_restart(kube_server, make_backend, clock):
+    backend = make_backend(pending_timeout=120)
+    name, handle = launch(backend)
+    kube_server.set_status(name, kube.unscheduled("0/1 nodes are available: 1 Insufficient cpu."))
+    assert backend.inspect(handle).state == JobState.STARTING
+    clock.advance(100)
+    restarted = make_backend(pending_timeout=120)  # a new process: nothing but the pod remembers
+    assert restarted.inspect(handle).state == JobState.STARTING
+    clock.advance(20)
+    obs = restarted.inspect(handle)
+    assert_failed_and_deleted(kube_server, name, obs, "Unschedulable")
+    assert "no resources after 120s" in obs.message
+
+
+def test_site_start_timeout_survives_a_restart(kube_server, make_backend, clock):
+    name, handle = launch(make_backend(timeout=300))
+    kube_server.set_status(name, kube.waiting("ContainerCreating"))
+    clock.advance(300)
+    assert_failed_and_deleted(kube_server, name, make_backend(timeout=300).inspect(handle), "StartTimeout")
 
 
 def test_job_may_shorten_the_pending_timeout(kube_server, make_backend, clock):

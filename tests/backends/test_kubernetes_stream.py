@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 
@@ -11,44 +10,12 @@ import pytest
 from backends.base import BackendError, JobState
 from tests import kube_api_server as kube
 from tests.backends.kube_fixtures import (  # noqa: F401 - fixtures
-    backend, clock, job_request, kube_server, make_backend, wait_until,
+    backend, clock, job_request, kube_server, make_backend,
 )
+from tests.util import StreamCollector, wait_until
 
 
-class Consumer:
-    """Runs stream() in a thread and collects what it yields."""
-
-    def __init__(self, backend):
-        self.stop = threading.Event()
-        self.items: queue.Queue = queue.Queue()
-        self.error: BaseException | None = None
-        self.seen: list = []
-        self.thread = threading.Thread(target=self._run, args=(backend,), daemon=True)
-        self.thread.start()
-
-    def _run(self, backend):
-        try:
-            for obs in backend.stream(self.stop):
-                self.items.put(obs)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            self.error = exc
-
-    def next_matching(self, predicate, timeout=5.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                obs = self.items.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            self.seen.append(obs)
-            if predicate(obs):
-                return obs
-        pytest.fail(f"no matching observation within {timeout}s; saw {self.seen!r}")
-
-    def close(self):
-        self.stop.set()
-        self.thread.join(3)
-        assert not self.thread.is_alive()
+Consumer = StreamCollector
 
 
 @pytest.fixture
@@ -85,7 +52,7 @@ def test_stream_resumes_after_a_dropped_watch_from_the_last_resource_version(kub
     lists_before = kube_server.count("GET", "/pods", watch=False)
     kube_server.drop_watches()
     wait_until(lambda: any(q.get("resourceVersion") == [last_rv] for m, p, q in kube_server.requests
-                           if p.endswith("/pods") and q.get("watch") == ["true"]))
+                           if p.endswith("/pods") and q.get("watch") == ["true"]), timeout=5)
     kube_server.wait_for_watches(2)
     kube_server.set_status(launched, kube.succeeded())
     assert consumer.next_matching(lambda o: o.state == JobState.SUCCEEDED).return_code == 0
@@ -167,6 +134,6 @@ def test_stream_raises_when_the_api_goes_away(kube_server, launched, backend):
     consumer.next_matching(lambda o: o.ref == launched)
     kube_server.wait_for_watches(2)
     kube_server.stop()
-    wait_until(lambda: consumer.error is not None)
+    wait_until(lambda: consumer.error is not None, timeout=5)
     assert isinstance(consumer.error, BackendError) and consumer.error.retryable
     consumer.close()

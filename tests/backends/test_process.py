@@ -1,4 +1,6 @@
-"""The process backend with real subprocesses."""
+"""The process backend with real subprocesses. What every backend does alike (launch twice, terminate
+twice or before launch, exit codes 0/1/9, cleanup, adopt after restart, stream from `since`) is in
+test_contract.py."""
 
 import json
 import threading
@@ -47,27 +49,6 @@ def test_non_zero_exit_is_execution_error_but_keeps_raw_code(backend):
     assert observation.exit_code == 3
 
 
-def test_exit_nine_is_aborted_as_nvflare(backend):
-    handle = backend.launch(backend.prepare(request("job-nine", options=["exit=9"])))
-    assert wait_until(lambda: finished(backend, handle)).return_code == ReturnCode.ABORTED
-
-
-def test_terminate_running_job_then_again(backend):
-    handle = backend.launch(backend.prepare(request("job-long", options=["sleep=60"])))
-    wait_until(lambda: backend.inspect(handle).state is JobState.RUNNING, message="running")
-    first = backend.terminate(handle)
-    assert first.state is JobState.ABORTED and first.return_code == ReturnCode.ABORTED
-    second = backend.terminate(handle)
-    assert second.state is JobState.ABORTED and second.return_code == ReturnCode.ABORTED
-
-
-def test_terminate_unknown_job_counts_as_aborted(backend):
-    from backends.base import Handle
-
-    observation = backend.terminate(Handle("process", "site-1-never-launched"))
-    assert observation.state is JobState.ABORTED and observation.return_code == ReturnCode.ABORTED
-
-
 def test_credentials_reach_env_but_not_argv_or_redacted_spec(backend, workspace):
     spec = backend.prepare(request("job-creds"))
     assert not any("SECRET" in part for part in spec.command)
@@ -89,14 +70,6 @@ def test_command_follows_nvflare_client_order(backend):
         "-m", "/ws", "-w", "/ws/startup", "-n", "job-cmd", "-c", "site-1", "-p", "tcp://localhost:8004",
         "--parent_conn_sec", "clear", "-scheme", "tcp", "-s", "fed_client.json", "--set", "a=1", "b=2",
     ]
-
-
-def test_second_launch_adopts_instead_of_starting_twice(backend, workspace):
-    spec = backend.prepare(request("job-twice", options=["sleep=2"]))
-    first, second = backend.launch(spec), backend.launch(spec)
-    assert first == second
-    assert len([o for o in backend.list_managed() if o.ref == first.ref]) == 1
-    backend.terminate(first)
 
 
 def test_stream_reports_exit(backend):
@@ -167,6 +140,19 @@ def test_missing_exe_module_is_refused(backend):
     del args["exe_module"]
     with pytest.raises(InvalidJobSpec, match="exe_module"):
         backend.prepare(JobRequest(site="site-1", job_pk="1", job_id="job-x", job_args=args))
+
+
+def test_check_connection_checks_each_datasets_path(backend, data_root):
+    from backends.base import DatasetSpec
+
+    (data_root / "present").mkdir()
+    datasets = [DatasetSpec(study="s1", name="here", source=str(data_root / "present"), mode="ro"),
+                DatasetSpec(study="s1", name="gone", source=str(data_root / "gone"), mode="ro"),
+                DatasetSpec(study="s1", name="outside", source="/etc", mode="ro")]
+    checks = {c.name: c for c in backend.check_connection(datasets)}
+    assert checks["dataset s1/here"].ok and "present" in checks["dataset s1/here"].detail
+    assert not checks["dataset s1/gone"].ok and "does not exist" in checks["dataset s1/gone"].detail
+    assert not checks["dataset s1/outside"].ok and "allowed data roots" in checks["dataset s1/outside"].detail
 
 
 def test_check_connection_reports_workspace(backend, workspace, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.util import wait_until
+from tests.util import docker_client_or_skip, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -172,11 +172,4 @@ def shot(page, name: str) -> Path:
 @pytest.fixture
 def docker_available():
     """Fails under `make test` (LAUNCHER_REQUIRE_DOCKER=1) when dockerd is missing; skips elsewhere."""
-    import docker
-
-    try:
-        docker.from_env(timeout=5).ping()
-    except Exception as exc:
-        if os.environ.get("LAUNCHER_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"dockerd is required: {exc}")
-        pytest.skip(f"no dockerd: {exc}")
+    docker_client_or_skip(timeout=5, images=False).close()

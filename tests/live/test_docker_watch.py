@@ -5,122 +5,32 @@ in the right state exactly once. And a container removed by hand is lost within 
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-import threading
 import uuid
 
-import docker
 import pytest
+from docker.errors import APIError
 
 from backends.base import LABEL_SITE
 from jobs.models import Job, Site
 from jobs.services.launching import job_launch
 from jobs.services.reconciliation import site_reconcile
 from jobs.watchers import SiteWatcher
-from tests.live.conftest import docker_workspace, free_port, job_state, queued_job, transitions
-from tests.util import wait_until
+from tests.docker_proxy import DOCKER_SOCKET, DockerProxy
+from tests.live.conftest import docker_workspace, job_state, queued_job, transitions
+from tests.util import docker_client_or_skip, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 IMAGE = "launcher-test/fake-python:1"
-DOCKER_SOCKET = "/var/run/docker.sock"
-
-
-class DockerProxy:
-    """TCP 127.0.0.1:port -> the Docker socket. cut() drops every connection and refuses new ones
-    (what a daemon restart looks like to a client); restore() listens again on the same port."""
-
-    def __init__(self):
-        self.port = _stable_port()
-        self.conns: set[socket.socket] = set()
-        self.lock = threading.Lock()
-        self.server: socket.socket | None = None
-
-    def restore(self) -> None:
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", self.port))
-        server.listen(64)
-        self.server = server
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def _accept(self, server: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return
-            upstream = socket.socket(socket.AF_UNIX)
-            upstream.connect(DOCKER_SOCKET)
-            with self.lock:
-                self.conns |= {client, upstream}
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def cut(self) -> None:
-        try:  # wakes the thread blocked in accept(); close() alone would leave the port listening
-            self.server.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.server.close()
-        with self.lock:
-            conns, self.conns = self.conns, set()
-        for s in conns:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-
-def _stable_port() -> int:
-    """A free port below the ephemeral range: while the proxy is cut, a client connecting to an
-    ephemeral-range port can be given that very port as its source and connect to itself,
-    which would then keep the port taken."""
-    import random
-
-    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-    for _ in range(100):
-        port = random.randint(max(1024, low - 12000), low - 1)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    return free_port()
 
 
 @pytest.fixture
 def daemon():
-    try:
-        client = docker.DockerClient(base_url=f"unix://{DOCKER_SOCKET}", timeout=20)
-        client.ping()
-        client.images.get(IMAGE)
-    except Exception as exc:
-        if os.environ.get("LAUNCHER_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"dockerd or {IMAGE} not available: {exc}")
-        pytest.skip(f"dockerd or {IMAGE} not available: {exc}")
-    return client
+    return docker_client_or_skip(base_url=f"unix://{DOCKER_SOCKET}", timeout=20)  # with the test image built
 
 
 @pytest.fixture
 def proxy():
-    p = DockerProxy()
-    p.restore()
+    p = DockerProxy().restore()  # on TCP: the site's docker_host
     yield p
     p.cut()
 
@@ -130,11 +40,15 @@ def docker_site(daemon, tmp_path, proxy):
     name = f"live-{uuid.uuid4().hex[:8]}"
     workspace = docker_workspace(tmp_path / "ws")
     site = Site.objects.create(name=name, backend="docker", docker={
-        "workspace": str(workspace), "docker_host": f"tcp://127.0.0.1:{proxy.port}", "timeout": 10,
+        "workspace": str(workspace), "docker_host": proxy.url, "timeout": 10,
         "default_job_env": {"FAKE_SLEEP": "60"}})
     yield site
     for container in daemon.containers.list(all=True, filters={"label": f"{LABEL_SITE}={name}"}):
-        container.remove(force=True)
+        try:
+            container.remove(force=True)
+        except APIError as exc:  # 404/409: the watcher removed it, or is removing it right now
+            if exc.status_code not in (404, 409):
+                raise
 
 
 def launched(site, job_id: str):

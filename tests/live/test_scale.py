@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import subprocess
 import threading
@@ -29,14 +28,13 @@ from jobs.models import Job, JobEvent, Site, Study
 from jobs.services.tokens import token_create
 from tests.conftest import client_job_args
 from tests.live.conftest import TERMINAL, Browser, Processes, assert_clean_history, docker_workspace, session_cookie
-from tests.util import wait_until
+from tests.util import docker_client_or_skip, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
 RANK = {"queued": 0, "starting": 1, "running": 2, **{state: 3 for state in TERMINAL}}
 OUTCOME = {0: ("succeeded", 0), 3: ("failed", 1), 9: ("aborted", 9)}  # exit code -> (state, NVFlare return code)
 EXIT_CODES = (0, 0, 0, 3, 9)
 IMAGE = "launcher-test/fake-python:1"
-BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "images" / "build.sh"
 # The fake python of the Docker image sleeps and exits as its environment says (tests/images/fake-python.sh);
 # each study of the Docker site sets that environment: study -> (FAKE_SLEEP, FAKE_EXIT).
 DOCKER_STUDIES = {"quick": ("0.2", 0), "slow": ("1.5", 0), "fails": ("0.5", 3), "aborts": ("0.8", 9)}
@@ -402,16 +400,7 @@ async def test_web_process_and_worker_killed_while_launching_lose_and_duplicate_
 
 @pytest.fixture
 def dockerd():
-    import docker
-
-    try:
-        client = docker.from_env(timeout=30)
-        client.ping()
-    except Exception as exc:  # any reason the daemon is not there
-        if os.environ.get("LAUNCHER_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"LAUNCHER_REQUIRE_DOCKER=1 and the Docker daemon is unreachable: {exc}")
-        pytest.skip(f"Docker daemon unreachable: {exc}")
-    subprocess.run([str(BUILD_SCRIPT)], check=True, timeout=120)  # the test image and nvflare-network
+    client = docker_client_or_skip(timeout=30)  # with the test image and nvflare-network
     yield client
     client.close()
 
