@@ -8,10 +8,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import yaml
 from kubernetes import client
 
 from backends import k8s_manifests as km
@@ -26,6 +28,53 @@ JOB_KEYS = ("image", "python_path", "num_of_gpus", "cpu", "cpu_request", "memory
             "ephemeral_storage", "pending_timeout")
 # Study env may not shadow what the launcher sets itself (§5.2).
 LAUNCHER_OWNED_ENV = ("PYTHONPATH", km.OWNER_FQCN_ENV, km.TRANSFER_TOKEN_ENV, *nvflare.CREDENTIAL_ENV.values())
+
+
+KUBECONFIG_MAX_BYTES = 1024 * 1024
+KUBECONFIG_SECTIONS = {"clusters": "cluster", "contexts": "context", "users": "user"}
+
+
+def kubeconfig_problem(path: str) -> str | None:
+    """Why the file at `path` cannot be a kubeconfig, or None. The kubernetes client's loader takes
+    any YAML and fails on one that is not shaped like a kubeconfig with TypeError/AttributeError
+    (a file holding a scalar, a list, or `contexts: 5`), which would surface as a 500; this checks
+    the shape it relies on. A path that does not exist (yet) is not judged here: the connection
+    check reports it."""
+    try:
+        info = os.stat(path)
+    except ValueError:  # a NUL in the path
+        return "is not a valid path"
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file"
+    if info.st_size > KUBECONFIG_MAX_BYTES:
+        return f"is {info.st_size} bytes; a kubeconfig is at most {KUBECONFIG_MAX_BYTES} bytes here"
+    try:
+        with open(path, "rb") as f:
+            data = yaml.safe_load(f.read(KUBECONFIG_MAX_BYTES + 1))
+    except OSError:
+        return None  # unreadable by this process: the connection check says so
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        return f"is not valid YAML ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    if not isinstance(data, dict):
+        found = "nothing" if data is None else f"a {type(data).__name__}"
+        return f"does not hold a kubeconfig (a mapping with clusters, contexts and users) but {found}"
+    current = data.get("current-context")
+    if current is not None and not isinstance(current, str):
+        return "has a current-context that is not a string"
+    for section, body in KUBECONFIG_SECTIONS.items():
+        entries = data.get(section)
+        if entries is None:
+            continue
+        if not isinstance(entries, list):
+            return f"has {section} that is not a list"
+        for entry in entries:
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                return f"has an entry in {section} without a name"
+            if not isinstance(entry.get(body), dict):
+                return f"has {section} entry {entry['name']!r} whose {body} is not a mapping"
+    return None
 
 
 def _number(value: Any) -> bool:
@@ -59,6 +108,9 @@ class KubernetesSiteConfig:
         path = data.get("config_file_path") or None
         if path is not None and not isinstance(path, str):
             raise InvalidJobSpec("kubernetes.config_file_path", "must be a file path or empty for in-cluster")
+        problem = kubeconfig_problem(path) if path is not None else None
+        if problem:
+            raise InvalidJobSpec("kubernetes.config_file_path", f"{path} {problem}")
         namespace = data.get("namespace", d.namespace)
         if not isinstance(namespace, str) or not re.match(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", namespace):
             raise InvalidJobSpec("kubernetes.namespace", "must be an RFC 1123 label such as 'default'")

@@ -183,7 +183,8 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # drf-spectacular's, plus the error responses every operation can give (jobs.api.schema).
+    "DEFAULT_SCHEMA_CLASS": "jobs.api.schema.ApiAutoSchema",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "EXCEPTION_HANDLER": "jobs.api.errors.exception_handler",
 }
@@ -192,6 +193,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Launch, watch and terminate NVIDIA FLARE jobs as containers, pods or processes.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/v1",  # tags `jobs`/`sites`, operation ids `jobs_create`: a generated client reads well
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
@@ -234,6 +236,9 @@ LAUNCHER_RELAUNCH_AFTER_SECONDS = env_int("LAUNCHER_RELAUNCH_AFTER_SECONDS", 5, 
 LAUNCHER_LOGS_TAIL_LINES = env_int("LAUNCHER_LOGS_TAIL_LINES", 200, minimum=0)
 # ...and at most this many bytes of it: every tail kept or served (saved, API, download, live frames).
 LAUNCHER_LOGS_TAIL_BYTES = env_int("LAUNCHER_LOGS_TAIL_BYTES", 256 * 1024, minimum=4096, maximum=16 * 1024 * 1024)
+# The longest the server holds a long poll (GET /api/v1/jobs/{id}/wait/?timeout=S, S <= 60): a longer
+# S is answered when this runs out, with the job as it is then (clients poll again).
+LAUNCHER_WAIT_HOLD_SECONDS = env_int("LAUNCHER_WAIT_HOLD_SECONDS", 60, minimum=1, maximum=60)
 # A site's connection test answers within this many seconds (2 run at once per process, more get "busy").
 LAUNCHER_CHECK_DEADLINE_SECONDS = env_int("LAUNCHER_CHECK_DEADLINE_SECONDS", 10, minimum=1, maximum=120)
 # Where process-backend sites keep job workspaces when the site sets none.

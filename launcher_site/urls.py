@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.http import JsonResponse
 from django.urls import include, path, re_path
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from jobs.health import healthz
@@ -10,6 +11,12 @@ from launcher_site.login_throttle import (ThrottledAdminAuthenticationForm, Thro
 
 # Both sign-in pages count failures and lock out (launcher_site.login_throttle).
 admin.site.login_form = ThrottledAdminAuthenticationForm
+
+
+@csrf_exempt  # it changes nothing; a POST/PATCH/DELETE to a path the API does not have is a JSON 404 too
+def api_not_found(request, *args, **kwargs):
+    return JsonResponse({"detail": "Not found."}, status=404)
+
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
@@ -22,6 +29,6 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/v1/", include("jobs.api.urls")),
     # Anything else under /api/ answers in the API's one JSON error shape, not an HTML page.
-    re_path(r"^api/", lambda request, *args, **kwargs: JsonResponse({"detail": "Not found."}, status=404)),
+    re_path(r"^api/", api_not_found),
     path("", include("jobs.urls")),
 ]

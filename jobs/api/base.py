@@ -13,7 +13,7 @@ from jobs.services.audit import audit_record
 
 class ApiMixin:
     parser_classes = [LimitedJSONParser]
-    renderer_classes = [renderers.JSONRenderer, renderers.BrowsableAPIRenderer]
+    renderer_classes = [renderers.JSONRenderer]  # JSON only, as the schema says (Swagger UI is at /api/docs/)
 
     def initial(self, request, *args, **kwargs):
         check_content_length(request)  # 413 before anything reads the body

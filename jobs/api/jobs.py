@@ -4,18 +4,16 @@ The long-poll `wait` is an async view of its own (jobs/api/wait.py)."""
 
 from __future__ import annotations
 
-import django_filters
 from django.conf import settings
 from django.db import transaction
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
+    OpenApiExample,
     OpenApiParameter,
     OpenApiResponse,
-    PolymorphicProxySerializer,
     extend_schema,
     extend_schema_view,
 )
-from rest_framework import exceptions, mixins, status, viewsets
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
@@ -23,8 +21,11 @@ from backends.base import Handle
 from backends.logtail import cap_tail
 from jobs.api import access
 from jobs.api.base import ApiMixin
+from jobs.api.filters import AFTER_SCHEMA, EventFilter, JobFilter, StrictIntegerQueryField, filtered, query
 from jobs.api.pagination import EventCursorPagination, JobCursorPagination
+from jobs.api.schema import JOB_PK_SCHEMA, error_response
 from jobs.api.serializers import (
+    JobDetailSchemaSerializer,
     JobDetailSerializer,
     JobEventSerializer,
     JobLogsSerializer,
@@ -32,7 +33,7 @@ from jobs.api.serializers import (
     JobSubmitSerializer,
     JobSubmitterDetailSerializer,
 )
-from jobs.models import Job, JobEvent, State
+from jobs.models import JobEvent
 from jobs.services.audit import actor_label
 from jobs.services.cancellation import job_request_terminate
 from jobs.services.sites import site_backend
@@ -41,22 +42,35 @@ from jobs.services.submission import job_submit
 LOGS_MAX_TAIL = 10_000
 
 
-class JobFilter(django_filters.FilterSet):
-    site = django_filters.CharFilter(field_name="site__name")
-    state = django_filters.MultipleChoiceFilter(choices=State.choices)
-    study = django_filters.CharFilter()
-    job_id = django_filters.CharFilter()
+BACKEND_ERRORS = {502: error_response(502), 503: error_response(503)}
+# What NVFlare's client parent sends (credentials are never stored or returned).
+LAUNCH_EXAMPLE = {
+    "site": "site-1", "job_id": "0f6a2c5e-job", "role": "client",
+    "job_meta": {"job_id": "0f6a2c5e-job", "name": "hello-pt", "study": "cohort-a"},
+    "job_args": {
+        "exe_module": ["-m", "nvflare.private.fed.app.client.worker_process"],
+        "workspace": ["-m", "/var/tmp/nvflare/site-1"], "startup_dir": ["-w", "/var/tmp/nvflare/site-1/startup"],
+        "job_id": ["-n", "0f6a2c5e-job"], "client_name": ["-c", "site-1"],
+        "parent_url": ["-p", "tcp://localhost:8004"], "parent_conn_sec": ["--parent_conn_sec", "clear"],
+        "scheme": ["-scheme", "tcp"], "startup_config_file": ["-s", "fed_client.json"],
+        "auth_token": ["-t", "<token>"], "auth_signature": ["-ts", "<signature>"], "ssid": ["-d", "<ssid>"],
+    },
+    "set_options": ["print_conf=True"],
+}
 
-    class Meta:
-        model = Job
-        fields = ["site", "state", "study", "job_id"]
+
+class LogsQuery(serializers.Serializer):
+    tail = StrictIntegerQueryField(required=False, min_value=1, max_value=LOGS_MAX_TAIL, help_text=(
+        f"Lines, 1-{LOGS_MAX_TAIL} (default LAUNCHER_LOGS_TAIL_LINES); the answer is at most "
+        "LAUNCHER_LOGS_TAIL_BYTES either way."))
+
+
+JOB_PK = OpenApiParameter("id", JOB_PK_SCHEMA, OpenApiParameter.PATH, description="The job's `id`.")
 
 
 @extend_schema_view(
     list=extend_schema(responses=JobSerializer(many=True)),
-    retrieve=extend_schema(responses=PolymorphicProxySerializer(
-        component_name="JobDetailOrSubmitterView", serializers=[JobDetailSerializer, JobSubmitterDetailSerializer],
-        resource_type_field_name=None)),
+    retrieve=extend_schema(parameters=[JOB_PK], responses=JobDetailSchemaSerializer),
 )
 class JobViewSet(ApiMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """NVFlare jobs. A site token sees and acts on its own site's jobs only."""
@@ -64,6 +78,8 @@ class JobViewSet(ApiMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
     serializer_class = JobSerializer
     pagination_class = JobCursorPagination
     filterset_class = JobFilter
+    lookup_value_regex = "[0-9]{1,18}"  # anything else is a 404 before any query
+    never_forbidden = ("list", "retrieve", "events", "logs")  # jobs the caller may not see are 404s
 
     def get_queryset(self):
         return access.jobs_for(self.request).select_related("site")
@@ -78,9 +94,11 @@ class JobViewSet(ApiMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
 
     @extend_schema(
         request=JobSubmitSerializer,
+        examples=[OpenApiExample("An NVFlare client job", request_only=True, value=LAUNCH_EXAMPLE)],
         responses={201: JobSerializer, 200: OpenApiResponse(JobSerializer, description="Already submitted: the existing job."),
-                   400: OpenApiResponse(description="Invalid input; the body names the field."),
-                   403: OpenApiResponse(description="Not allowed to launch on that site.")},
+                   400: error_response(400, "Invalid input; the body names the field (`job_args.workspace`, ...)."),
+                   403: error_response(403, "Not allowed to launch on that site (a viewer, or another site's token)."),
+                   **BACKEND_ERRORS},
     )
     def create(self, request):
         """Launch a job: NVFlare job meta plus JOB_PROCESS_ARGS. Idempotent on (site, job_id): the
@@ -98,7 +116,7 @@ class JobViewSet(ApiMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
         )
         return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
-    @extend_schema(request=None, responses={202: JobSerializer})
+    @extend_schema(request=None, parameters=[JOB_PK], responses={202: JobSerializer, **BACKEND_ERRORS})
     @action(detail=True, methods=["post"])
     def terminate(self, request, pk=None):
         """Ask the job to stop (operators and the site's token). Idempotent: 202 every time."""
@@ -112,7 +130,7 @@ class JobViewSet(ApiMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
-        parameters=[OpenApiParameter("after", OpenApiTypes.INT, description="Only events with a larger seq.")],
+        parameters=[JOB_PK, OpenApiParameter("after", AFTER_SCHEMA, description="Only events with a larger seq.")],
         responses=JobEventSerializer(many=True),
     )
     @action(detail=True, methods=["get"], pagination_class=EventCursorPagination, filterset_class=None,
@@ -120,43 +138,20 @@ class JobViewSet(ApiMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
     def events(self, request, pk=None):
         """The job's timeline; `seq` is the sequence number websocket messages carry."""
         job = access.job_for(request, pk)
-        events = JobEvent.objects.filter(job=job)
-        after = request.query_params.get("after")
-        if after is not None:
-            if not after.isdigit():
-                raise exceptions.ValidationError({"after": ["Must be a non-negative integer."]})
-            events = events.filter(id__gt=int(after))
+        events = filtered(EventFilter, request, JobEvent.objects.filter(job=job))
         page = self.paginate_queryset(events)
         return self.get_paginated_response(JobEventSerializer(page, many=True).data)
 
-    @extend_schema(
-        parameters=[OpenApiParameter("tail", OpenApiTypes.INT, description=f"Lines, 1-{LOGS_MAX_TAIL}; "
-                                     "the answer is at most LAUNCHER_LOGS_TAIL_BYTES either way.")],
-        responses=JobLogsSerializer,
-    )
+    @extend_schema(parameters=[JOB_PK, LogsQuery], responses={200: JobLogsSerializer, **BACKEND_ERRORS})
     @action(detail=True, methods=["get"], filterset_class=None, filter_backends=[])
     def logs(self, request, pk=None):
         """The last `tail` lines of output (at most LAUNCHER_LOGS_TAIL_BYTES): the saved tail once the
         job ended, else live from the backend."""
         job = access.job_for(request, pk)
-        tail = _int_param(request, "tail", default=min(settings.LAUNCHER_LOGS_TAIL_LINES or 200, LOGS_MAX_TAIL), low=1,
-                          high=LOGS_MAX_TAIL)
+        tail = query(LogsQuery, request).get("tail") or min(settings.LAUNCHER_LOGS_TAIL_LINES or 200, LOGS_MAX_TAIL)
         if job.is_terminal or not job.handle:
             text, source = job.logs_tail, ("saved" if job.logs_tail else "none")
         else:
             text, source = site_backend(job.site).logs(Handle(**job.handle), tail=tail), "live"
         text = cap_tail(text, lines=tail)
         return Response({"job": job.pk, "source": source, "tail": tail, "logs": text})
-
-
-def _int_param(request, name: str, *, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise exceptions.ValidationError({name: ["Must be an integer."]}) from None
-    if not low <= value <= high:
-        raise exceptions.ValidationError({name: [f"Must be between {low} and {high}."]})
-    return value

@@ -1,12 +1,17 @@
 """API input and output shapes. JobSerializer is also the websocket payload (jobs.events).
 
-Input serializers only check shapes and types (so a wrong type is a 400 naming the field); the
-rules live in the services they feed (jobs.services.catalog / submission)."""
+Input serializers check what the schema declares for them: shapes, types, patterns, lengths and
+unknown keys (so anything the schema calls invalid is a 400 naming the field, whatever the site's
+backend); the rules beyond that live in the services they feed (jobs.services.catalog / submission)."""
 
 from __future__ import annotations
 
+from django.core.validators import RegexValidator
+from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
+from backends import config_class, nvflare
+from jobs.api.filters import JOB_ID_PATTERN, NAME_PATTERN, SITE_NAME_PATTERN, optional
 from jobs.models import AuditEntry, Backend, Dataset, DatasetMode, Job, JobEvent, JobRole, Site, Study
 
 # job_meta keys accepted on launch: NVFlare's JobMetaKey values (nvflare/apis/job_def.py), which the
@@ -26,11 +31,45 @@ JOB_META_KEYS = frozenset(JOB_META_LAUNCH_KEYS + JOB_META_INFO_KEYS + JOB_META_I
 
 
 class StrictCharField(serializers.CharField):
-    """A string and only a string: DRF's CharField would turn 12 into "12"."""
+    """A string and only a string, taken as sent: DRF's CharField would turn 12 into "12" and trim
+    " x " to "x" (and check max_length after trimming), so the schema's patterns and lengths would
+    not be what the API checks."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
 
     def to_internal_value(self, data):
         if not isinstance(data, str):
             self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+def pattern(regex: str, message: str) -> RegexValidator:
+    return RegexValidator(regex, message)
+
+
+SITE_NAME = pattern(SITE_NAME_PATTERN, "1-63 letters, digits, '.', '_' or '-', starting with a letter or digit.")
+NAME = pattern(NAME_PATTERN, f"Invalid name: {nvflare.NAME_RULE}.")
+JOB_ID = pattern(JOB_ID_PATTERN, "1-128 letters, digits, '.', '_' or '-', starting with a letter or digit.")
+ABSOLUTE_PATH = pattern(r"^/", "Must be an absolute path.")
+# --set items as NVFlare's parent passes them (nvflare.check_set_options): key=value, the key not
+# starting with '-' or '=', no NUL or line breaks.
+SET_OPTION = pattern(r"^[^\-=\x00\r\n][^=\x00\r\n]*=[^\x00\r\n]*$",
+                     "Must be 'key=value' with a key not starting with '-', without NUL or line breaks.")
+
+
+class StrictSerializer(serializers.Serializer):
+    """Unknown fields are refused (400 naming the field), never ignored; the schema says
+    `additionalProperties: false` (jobs.api.schema.ApiAutoSchema)."""
+
+    refuse_unknown_fields = True
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = set(data) - set(self.fields)
+            if unknown:
+                raise serializers.ValidationError({sorted(unknown)[0]: ["Unknown field."]})
         return super().to_internal_value(data)
 
 
@@ -81,13 +120,76 @@ class JobSubmitterDetailSerializer(JobSerializer):
         read_only_fields = fields
 
 
-class JobSubmitSerializer(serializers.Serializer):
-    site = StrictCharField(max_length=63)
-    job_id = StrictCharField(max_length=128)
+@extend_schema_serializer(component_name="JobDetail")
+class JobDetailSchemaSerializer(JobSubmitterDetailSerializer):
+    """Documentation only: GET /jobs/{id}/ as users see it (JobDetailSerializer) and as site
+    tokens do (JobSubmitterDetailSerializer): the same, but `spec` only for users."""
+
+    spec = serializers.JSONField(required=False, allow_null=True, help_text=(
+        "The launch spec as the backend prepared it (credentials redacted); not shown to site tokens."))
+
+    class Meta(JobSubmitterDetailSerializer.Meta):
+        fields = [*JobSubmitterDetailSerializer.Meta.fields, "spec"]
+        read_only_fields = [f for f in fields if f != "spec"]
+
+
+_ANY: dict = {}
+JOB_META_SCHEMA = {
+    "type": "object",
+    "description": "NVFlare's job meta (JobMetaKey). Only `job_id` (must equal the job's), `study`, `resource_spec` "
+                   "and `launcher_spec` affect the launch; `byoc` is accepted and ignored; other keys are refused.",
+    "properties": {
+        "job_id": {"type": "string", "description": "Must equal `job_id`."},
+        "study": {"type": "string", "nullable": True, "pattern": optional(NAME_PATTERN), "maxLength": 63},
+        "resource_spec": {"type": "object", "nullable": True, "additionalProperties": {}},
+        "launcher_spec": {"type": "object", "nullable": True, "additionalProperties": {}},
+        **{key: _ANY for key in (*JOB_META_INFO_KEYS, *JOB_META_IGNORED_KEYS)},
+    },
+    "additionalProperties": False,
+}
+_PAIR = {"type": "array", "minItems": 2, "maxItems": 2, "description": "[flag, value]",
+         "items": {"oneOf": [{"type": "string", "nullable": True}, {"type": "number"}]}}
+JOB_ARGS_SCHEMA = {
+    "type": "object",
+    "description": "JOB_PROCESS_ARGS as NVFlare's parent builds them: name -> [flag, value]. Arguments rendered "
+                   "on the command line must carry NVFlare's flag for the role and a value not starting with '-'; "
+                   "exe_module is ['-m', <module>]; credentials (auth_token, auth_signature, ssid) reach the job "
+                   "only through its environment and are never stored.",
+    "properties": {
+        "exe_module": {"type": "array", "minItems": 2, "maxItems": 2, "description": "['-m', <dotted module name>]",
+                       "items": {"type": "string", "minLength": 1, "maxLength": nvflare.MODULE_MAX_LENGTH}},
+        **{name: _PAIR for name in sorted(nvflare.KNOWN_ARGS - {"exe_module"})},
+    },
+    "required": ["exe_module"],
+    "additionalProperties": False,
+}
+
+
+@extend_schema_field(JOB_META_SCHEMA)
+class JobMetaField(serializers.DictField):
+    pass
+
+
+@extend_schema_field(JOB_ARGS_SCHEMA)
+class JobArgsField(serializers.DictField):
+    pass
+
+
+def _arg_value_ok(value) -> bool:
+    return value is None or isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
+class JobSubmitSerializer(StrictSerializer):
+    """The shapes the schema declares, all checked here (errors named like the services' own:
+    `job_meta.study`, `job_args.workspace`); the NVFlare rules are the services'
+    (jobs.services.submission, backends.nvflare.normalise_job_args)."""
+
+    site = StrictCharField(max_length=63, validators=[SITE_NAME])
+    job_id = StrictCharField(max_length=128, validators=[JOB_ID])
     role = serializers.ChoiceField(choices=JobRole.choices, default=JobRole.CLIENT)
-    job_meta = serializers.DictField(required=False, default=dict)
-    job_args = serializers.DictField()  # name -> [flag, value]; checked by backends.nvflare.normalise_job_args
-    set_options = serializers.ListField(child=StrictCharField(max_length=1000, trim_whitespace=False),
+    job_meta = JobMetaField(required=False, default=dict)
+    job_args = JobArgsField()
+    set_options = serializers.ListField(child=StrictCharField(max_length=1000, validators=[SET_OPTION]),
                                         required=False, default=list, max_length=200)
 
     def validate_job_meta(self, meta: dict) -> dict:
@@ -97,12 +199,32 @@ class JobSubmitSerializer(serializers.Serializer):
                     f"unknown job_meta key {key!r}; allowed: {', '.join(sorted(JOB_META_KEYS))}")
         return meta
 
-    def to_internal_value(self, data):
-        if isinstance(data, dict):
-            unknown = set(data) - set(self.fields)
-            if unknown:
-                raise serializers.ValidationError({sorted(unknown)[0]: ["Unknown field."]})
-        return super().to_internal_value(data)
+    def validate(self, data: dict) -> dict:
+        meta, args = data.get("job_meta") or {}, data["job_args"]
+        errors: dict[str, list[str]] = {}
+        study = meta.get("study")
+        if study not in (None, "") and not (isinstance(study, str) and nvflare.NAME_RE.fullmatch(study)):
+            errors["job_meta.study"] = [f"Must be a study name ({nvflare.NAME_RULE}), empty or null."]
+        if "job_id" in meta and meta["job_id"] != data["job_id"]:
+            errors["job_meta.job_id"] = ["Must equal job_id."]
+        for key in ("resource_spec", "launcher_spec"):
+            if meta.get(key) is not None and not isinstance(meta[key], dict):
+                errors[f"job_meta.{key}"] = ["Must be a mapping."]
+        for name, pair in args.items():
+            if name not in nvflare.KNOWN_ARGS:
+                errors[f"job_args.{name}"] = [
+                    f"Unknown job process arg; expected one of {', '.join(sorted(nvflare.KNOWN_ARGS))}."]
+            elif not isinstance(pair, list) or len(pair) != 2 or not all(_arg_value_ok(v) for v in pair):
+                errors[f"job_args.{name}"] = ["Must be a [flag, value] pair of strings, numbers or null."]
+        module = args.get("exe_module")
+        if module is None:
+            errors["job_args.exe_module"] = ["JOB_PROCESS_ARGS must name the module to run (exe_module)."]
+        elif "job_args.exe_module" not in errors and not all(
+                isinstance(v, str) and 1 <= len(v) <= nvflare.MODULE_MAX_LENGTH for v in module):
+            errors["job_args.exe_module"] = ["Must be ['-m', <dotted module name>]."]
+        if errors:
+            raise serializers.ValidationError(errors)
+        return data
 
 
 class JobEventSerializer(serializers.ModelSerializer):
@@ -138,12 +260,12 @@ class CheckResultSerializer(serializers.Serializer):
         return short_detail(getattr(result, "detail", None) if not isinstance(result, dict) else result.get("detail"))
 
 
-class SiteTestInputSerializer(serializers.Serializer):
+class SiteTestInputSerializer(StrictSerializer):
     """Docker only: which datasets to check (default: all of the site's datasets)."""
 
-    class DatasetSpecSerializer(serializers.Serializer):
-        study = StrictCharField(max_length=63)
-        name = StrictCharField(max_length=63)
+    class DatasetSpecSerializer(StrictSerializer):
+        study = StrictCharField(max_length=63, validators=[NAME])
+        name = StrictCharField(max_length=63, validators=[NAME])
         source = StrictCharField(max_length=1024)
         mode = serializers.ChoiceField(choices=DatasetMode.choices, default=DatasetMode.RO)
 
@@ -159,8 +281,8 @@ class DatasetSerializer(serializers.ModelSerializer):
         read_only_fields = ["mount_path"]
 
 
-class DatasetInputSerializer(serializers.Serializer):
-    name = StrictCharField(max_length=63)
+class DatasetInputSerializer(StrictSerializer):
+    name = StrictCharField(max_length=63, validators=[NAME])
     source = StrictCharField(max_length=1024)
     mode = serializers.ChoiceField(choices=DatasetMode.choices, default=DatasetMode.RO)
 
@@ -174,8 +296,8 @@ class StudySerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class StudyInputSerializer(serializers.Serializer):
-    name = StrictCharField(max_length=63)
+class StudyInputSerializer(StrictSerializer):
+    name = StrictCharField(max_length=63, validators=[NAME])
     description = StrictCharField(max_length=200, allow_blank=True, required=False)
     image = StrictCharField(max_length=255, allow_blank=True, required=False)
     env = serializers.DictField(required=False)
@@ -199,13 +321,24 @@ class SiteSerializer(serializers.ModelSerializer):
         return site_role(request.user, site) if request is not None else None
 
 
-class SiteInputSerializer(serializers.Serializer):
-    name = StrictCharField(max_length=63)
+def _settings_field(kind: str) -> type[serializers.DictField]:
+    """A backend's settings block: its keys are the backend config's (unknown ones are refused);
+    the values are checked by the backend (errors name them: `docker.network`)."""
+    names = sorted(config_class(kind).__dataclass_fields__)
+    schema = {"type": "object", "properties": {name: _ANY for name in names}, "additionalProperties": False,
+              "description": f"The {kind} backend's settings (see the README's Backends section). Some may "
+                             "only be changed by staff (403 for others)."}
+    return extend_schema_field(schema)(type(f"{kind.title()}SettingsField", (serializers.DictField,), {}))
+
+
+class SiteInputSerializer(StrictSerializer):
+    name = StrictCharField(max_length=63, validators=[SITE_NAME])
     backend = serializers.ChoiceField(choices=Backend.choices, default=Backend.PROCESS)
-    allowed_data_roots = serializers.ListField(child=StrictCharField(max_length=1024), required=False)
-    docker = serializers.DictField(required=False)
-    kubernetes = serializers.DictField(required=False)
-    process = serializers.DictField(required=False)
+    allowed_data_roots = serializers.ListField(child=StrictCharField(max_length=1024, validators=[ABSOLUTE_PATH]),
+                                               required=False)
+    docker = _settings_field("docker")(required=False)
+    kubernetes = _settings_field("kubernetes")(required=False)
+    process = _settings_field("process")(required=False)
 
 
 class AuditEntrySerializer(serializers.ModelSerializer):

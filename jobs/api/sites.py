@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.db import transaction
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import exceptions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from jobs.api import access
 from jobs.api.base import ApiMixin
 from jobs.api.errors import Conflict
+from jobs.api.schema import error_response
 from jobs.api.serializers import (
     CheckResultSerializer,
     DatasetInputSerializer,
@@ -46,10 +47,10 @@ def _staff_only(exc: policy.StaffOnly) -> exceptions.PermissionDenied:
     retrieve=extend_schema(responses=SiteSerializer),
     create=extend_schema(request=SiteInputSerializer, responses={201: SiteSerializer}),
     partial_update=extend_schema(request=SiteInputSerializer(partial=True), responses={
-        200: SiteSerializer, 403: OpenApiResponse(description="A site admin changed a staff-only setting: "
-                                                              '{"detail": "Only platform staff may change: ..."}')}),
-    destroy=extend_schema(responses={204: None, 403: OpenApiResponse(description="Only platform staff delete sites."),
-                                     409: OpenApiResponse(description="The site has jobs in flight.")}),
+        200: SiteSerializer, 403: error_response(403, "A site admin changed a staff-only setting: "
+                                                      '{"detail": "Only platform staff may change: ..."}')}),
+    destroy=extend_schema(responses={204: None, 403: error_response(403, "Only platform staff delete sites."),
+                                     409: error_response(409, "The site has jobs in flight.")}),
 )
 class SiteViewSet(ApiMixin, viewsets.ViewSet):
     """Sites the caller can see. Staff create, rename and delete sites and own every host-level

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 
 from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.conf import settings
 from django.http import JsonResponse
-from drf_spectacular.types import OpenApiTypes
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import exceptions
+from rest_framework import exceptions, serializers
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -30,21 +30,29 @@ from jobs import events
 from jobs.api import access
 from jobs.api.auth import TokenAuthentication
 from jobs.api.errors import exception_handler
+from jobs.api.filters import FiniteNumberQueryField, query
+from jobs.api.schema import JOB_PK_SCHEMA
 from jobs.api.serializers import JobSerializer
 from jobs.models import TERMINAL, Job
 
-WAIT_MAX_SECONDS = 60
+WAIT_MAX_SECONDS = 60  # the API's contract (the schema's maximum)
 WAIT_DEFAULT_SECONDS = 30
+# The server holds a poll at most settings.LAUNCHER_WAIT_HOLD_SECONDS (default 60): a longer `timeout`
+# is answered with the job as it is when that runs out, which a client handles like any timeout.
 # How often a waiter re-reads the job. The in-process layer is fed from worker threads whose sends
 # may not wake this event loop promptly, so it is checked more often than Redis.
 RECHECK_SECONDS_REDIS = 5.0
 RECHECK_SECONDS_IN_MEMORY = 1.0
 
 
-async def job_wait(request, pk: int):
+@csrf_exempt  # reads only; without this a POST would meet the CSRF middleware's HTML page, not the 405
+async def job_wait(request, pk: str):
+    if request.method not in ("GET", "HEAD"):
+        return JsonResponse({"detail": f'Method "{request.method}" not allowed.'}, status=405, headers={"Allow": "GET"})
+    pk = int(pk)  # the route takes 1-18 digits only
     try:
         payload = await _db(_authorised_payload)(request, pk)
-        timeout = _timeout(request.GET.get("timeout"))
+        timeout = _timeout(request)
     except exceptions.APIException as exc:
         return _error_response(exc, request)
     if payload["state"] in TERMINAL or timeout == 0:
@@ -95,16 +103,15 @@ def _db(function):
     return database_sync_to_async(function, thread_sensitive=False)
 
 
-def _timeout(raw: str | None) -> float:
-    if raw is None or raw == "":
-        return WAIT_DEFAULT_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        raise exceptions.ValidationError({"timeout": ["Must be a number of seconds."]}) from None
-    if not math.isfinite(value) or not 0 <= value <= WAIT_MAX_SECONDS:
-        raise exceptions.ValidationError({"timeout": [f"Must be between 0 and {WAIT_MAX_SECONDS} seconds."]})
-    return value
+class WaitQuery(serializers.Serializer):
+    timeout = FiniteNumberQueryField(required=False, min_value=0, max_value=WAIT_MAX_SECONDS)
+
+
+def _timeout(request) -> float:
+    """`timeout` from the query (400 naming it when it is not 0-60 seconds), held at most
+    LAUNCHER_WAIT_HOLD_SECONDS."""
+    value = query(WaitQuery, request).get("timeout")
+    return min(WAIT_DEFAULT_SECONDS if value is None else value, settings.LAUNCHER_WAIT_HOLD_SECONDS)
 
 
 def _authorised_payload(django_request, pk: int) -> dict:
@@ -135,12 +142,17 @@ def _error_response(exc: exceptions.APIException, request) -> JsonResponse:
 class JobWaitSchema(APIView):
     """Documentation only: lets drf-spectacular describe the async view (see `job_wait.cls`)."""
 
+    never_forbidden = ("get",)  # a job the caller may not see is a 404
+    negotiates_content = False  # a plain async view: JSON always, the body never read
+
     @extend_schema(
         operation_id="jobs_wait_retrieve",
         tags=["jobs"],
-        parameters=[OpenApiParameter("id", OpenApiTypes.INT, OpenApiParameter.PATH),
-                    OpenApiParameter("timeout", OpenApiTypes.NUMBER,
-                                     description=f"Seconds to wait, 0-{WAIT_MAX_SECONDS} (default {WAIT_DEFAULT_SECONDS}).")],
+        parameters=[OpenApiParameter("id", JOB_PK_SCHEMA, OpenApiParameter.PATH, description="The job's `id`."),
+                    OpenApiParameter("timeout", {"type": "number", "minimum": 0, "maximum": WAIT_MAX_SECONDS},
+                                     description=f"Seconds to wait, 0-{WAIT_MAX_SECONDS} (default {WAIT_DEFAULT_SECONDS}); "
+                                                 "the server may answer sooner (LAUNCHER_WAIT_HOLD_SECONDS), with the "
+                                                 "job as it is then.")],
         responses=JobSerializer,
         description="Long poll: returns the job as soon as it is terminal, or when `timeout` runs out "
                     "(then `state` is not terminal yet). Waiting holds no server thread.",

@@ -21,6 +21,7 @@ from django.db import transaction
 
 from jobs.models import Site, Study
 from jobs.services import catalog
+from jobs.services.values import Unstorable, check_storable
 
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$")
 MODES = ("ro", "rw")
@@ -64,16 +65,24 @@ class _LimitedLoader(yaml.SafeLoader):
 
 
 def yaml_load(text: str | bytes, what: str) -> Any:
-    """Load YAML from a user: safe types only, no aliases, bounded size and depth (StudyFileError)."""
+    """Load YAML from a user: safe types only, no aliases, bounded size and depth, and only what a
+    JSON column can store (jobs.services.values: finite numbers, no NUL or lone surrogates, string
+    keys, no timestamps or binary). StudyFileError otherwise."""
     size = len(text.encode() if isinstance(text, str) else text)
     if size > YAML_MAX_BYTES:
         raise StudyFileError(f"could not parse {what}: it is {size} bytes; the limit is {YAML_MAX_BYTES} bytes.")
     try:
-        return yaml.load(text, Loader=_LimitedLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_LimitedLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise StudyFileError(f"could not parse {what}: {_yaml_problem(exc)}") from None
     except RecursionError:
         raise StudyFileError(f"could not parse {what}: nested too deeply") from None
+    except (ValueError, OverflowError) as exc:  # a constructor's: `2024-13-45`, an integer of 5000 digits
+        raise StudyFileError(f"could not parse {what}: {exc}") from None
+    try:
+        return check_storable(data)
+    except Unstorable as exc:
+        raise StudyFileError(f"could not use {what}: {exc}.") from None
 
 
 def _check_size(value: Any, label: str) -> None:

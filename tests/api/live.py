@@ -36,7 +36,7 @@ def database_url() -> str:
 
 
 class LiveServer:
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, env_overrides: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp_path / "server.log"
@@ -44,6 +44,7 @@ class LiveServer:
         env.update(DJANGO_SETTINGS_MODULE="launcher_site.settings", DATABASE_URL=database_url(),
                    SECRET_KEY="live-server-test-key", LAUNCHER_VAR_DIR=str(tmp_path / "server-var"),
                    PORT=str(self.port), LAUNCHER_LOG_LEVEL="WARNING")
+        env.update(env_overrides or {})
         (tmp_path / "server-var").mkdir(exist_ok=True)
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(self.port)], cwd=ROOT,

@@ -1,0 +1,115 @@
+"""Query parameters, validated before any query runs: a bad value is a 400 naming the parameter
+(`{"after": ["Enter a whole number."]}`), never a 500 and never silently ignored. The job list and
+the event timeline filter through django-filter FilterSets; `tail` (logs) and `timeout` (wait) are
+checked by small serializers. The schema of each parameter is declared next to its check."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import django_filters
+from django import forms
+from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import exceptions, serializers
+
+from backends import nvflare
+from jobs.models import Job, JobEvent, State
+
+BIGINT_MAX = 2**63 - 1
+SITE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"  # jobs.models.site_name_validator
+NAME_PATTERN = nvflare.NAME_RE.pattern  # study and dataset names
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # nvflare.check_job_id
+_INTEGER = re.compile(r"-?[0-9]{1,19}")  # ASCII digits only: int() would take "²" apart from isdigit()
+_NUMBER = re.compile(r"-?(?:[0-9]{1,19}(?:\.[0-9]{0,19})?|\.[0-9]{1,19})")
+
+
+def optional(pattern: str) -> str:
+    """An empty query value means "no filter"; the schema says so."""
+    return f"^(?:{pattern.strip('^$')})?$"
+
+
+class StrictIntegerField(forms.IntegerField):
+    """A whole number in ASCII digits, nothing else ("1.0", "1e3", " 1", "²" are refused)."""
+
+    def to_python(self, value):
+        if value is None:  # absent; present but empty ("?after=") is refused like any non-number
+            return None
+        if not isinstance(value, str) or not _INTEGER.fullmatch(value):
+            raise ValidationError(self.error_messages["invalid"], code="invalid")
+        return int(value)
+
+
+class IntegerFilter(django_filters.NumberFilter):
+    field_class = StrictIntegerField
+
+
+def _string_filter(field_name: str, pattern: str, max_length: int, description: str) -> django_filters.CharFilter:
+    schema = {"type": "string", "pattern": optional(pattern), "maxLength": max_length}
+    return extend_schema_field(schema)(django_filters.CharFilter(
+        field_name=field_name, max_length=max_length, validators=[RegexValidator(pattern)], help_text=description))
+
+
+class JobFilter(django_filters.FilterSet):
+    site = _string_filter("site__name", SITE_NAME_PATTERN, 63, "Only this site's jobs.")
+    state = django_filters.MultipleChoiceFilter(choices=State.choices, help_text="Only jobs in these states.")
+    study = _string_filter("study", NAME_PATTERN, 63, "Only jobs of this study.")
+    job_id = _string_filter("job_id", JOB_ID_PATTERN, 128, "Only jobs with this NVFlare job id.")
+
+    class Meta:
+        model = Job
+        fields = ["site", "state", "study", "job_id"]
+
+
+class EventFilter(django_filters.FilterSet):
+    after = IntegerFilter(field_name="id", lookup_expr="gt", min_value=0, max_value=BIGINT_MAX)
+
+    class Meta:
+        model = JobEvent
+        fields = ["after"]
+
+
+AFTER_SCHEMA = {"type": "integer", "minimum": 0, "maximum": BIGINT_MAX}
+
+
+def filtered(filterset_class, request, queryset):
+    """Apply a FilterSet by hand (for actions whose queryset is not the view's)."""
+    filterset = filterset_class(request.query_params, queryset=queryset, request=request)
+    if not filterset.is_valid():
+        raise exceptions.ValidationError(filterset.errors)
+    return filterset.qs
+
+
+class _QueryField:
+    def get_value(self, dictionary):
+        # DRF reads "?tail=" from a QueryDict as "not given"; here it is a value, and not a number.
+        return dictionary.get(self.field_name, serializers.empty)
+
+
+class StrictIntegerQueryField(_QueryField, serializers.IntegerField):
+    def to_internal_value(self, data):
+        if not isinstance(data, str) or not _INTEGER.fullmatch(data):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class FiniteNumberQueryField(_QueryField, serializers.FloatField):
+    """A plain decimal number ("1.5", "30"); no exponents, NaN or infinities."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str) or not _NUMBER.fullmatch(data):
+            self.fail("invalid")
+        value = super().to_internal_value(data)
+        if not math.isfinite(value):
+            self.fail("invalid")
+        return value
+
+
+def query(serializer_class, request) -> dict:
+    """The query parameters `serializer_class` declares, validated (400 naming the parameter)."""
+    params = request.query_params if hasattr(request, "query_params") else request.GET  # DRF's or Django's
+    serializer = serializer_class(data=params)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
