@@ -136,6 +136,9 @@ class JobRequest:
     set_options: tuple[str, ...] = ()  # the parent's `args.set` list, rendered after --set
     study: StudyRuntime | None = None  # resolved from the site's studies; None -> no mounts
     byoc: bool = False  # set by the site, never by the submitter
+    # Runs instead of NVFlare's job command (same image, user, env, mounts, argv[0] = the python
+    # path): the launcher's own site probe only. Never taken from a submitter.
+    command: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
