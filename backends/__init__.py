@@ -34,14 +34,10 @@ def config_class(kind: str) -> Any:
 
 def workload_name(kind: str, site: str, job_id: str) -> str:
     """The container, pod or process name a backend gives (site, job_id): LaunchSpec.name."""
-    if kind == "docker":
-        from backends.docker_specs import container_name
-
-        return container_name(site, job_id)
     if kind == "kubernetes":
-        from backends.k8s_manifests import pod_name
+        from backends.kubernetes.manifests import pod_name
 
         return pod_name(job_id, site)
-    from backends.process import process_name
+    from backends.common import workload_name as name  # docker and process name it alike
 
-    return process_name(site, job_id)
+    return name(site, job_id)

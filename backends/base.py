@@ -136,8 +136,15 @@ class JobRequest:
     set_options: tuple[str, ...] = ()  # the parent's `args.set` list, rendered after --set
     study: StudyRuntime | None = None  # resolved from the site's studies; None -> no mounts
     byoc: bool = False  # set by the site, never by the submitter
-    # Runs instead of NVFlare's job command (same image, user, env, mounts, argv[0] = the python
-    # path): the launcher's own site probe only. Never taken from a submitter.
+    # The launcher's own site probe only, never taken from a submitter (the API has no such field):
+    # the whole argv, run as given instead of NVFlare's `<python> -u -m <module> <flags...>`, with
+    # everything else as for that command: same image, user, env (credentials included), mounts,
+    # working directory and labels, and the request validated the same way (job args, module
+    # allowlist, set options). argv[0] is not implied: pass the python path there to run python
+    # (the site's is `config.default_python_path` on every backend), or a program on the job's PATH
+    # (a shell in the image). Docker: the container's command; Kubernetes: the job container's
+    # command [argv[0]] and args argv[1:]; process: the job process (PATH: argv[0]'s directory,
+    # then the fixed system PATH). LaunchSpec.command is then this argv (nvflare.job_command).
     command: tuple[str, ...] | None = None
 
 

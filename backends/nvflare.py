@@ -271,6 +271,27 @@ def render_command(
     return argv
 
 
+def job_command(
+    override: Any, python_path: str, role: str, args: Mapping[str, tuple[str, Any]], set_options: tuple[str, ...] = ()
+) -> list[str]:
+    """The argv a job runs: NVFlare's command (render_command), or the launcher's declared override
+    (JobRequest.command: the whole argv, as given) when there is one. `args` and `set_options` are
+    validated either way, so an override never skips a check the NVFlare command gets."""
+    rendered = render_command(python_path, role, args, set_options)
+    return list(check_command(override)) if override is not None else rendered
+
+
+def check_command(value: Any, field: str = "command") -> tuple[str, ...]:
+    """A command override: a non-empty list of strings, argv[0] non-blank, nothing holding a NUL."""
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value):
+        raise InvalidJobSpec(field, "must be a non-empty list of strings (the whole argv)")
+    if not value[0].strip():
+        raise InvalidJobSpec(field, "argv[0] must name the program to run")
+    if any("\0" in v for v in value):
+        raise InvalidJobSpec(field, "must not contain a NUL byte")
+    return tuple(value)
+
+
 def credential_env(args: Mapping[str, tuple[str, Any]]) -> dict[str, str]:
     """Bootstrap credentials as NVFLARE_JOB_* env vars; empty values are skipped so the job fails loudly."""
     return {env: str(args[name][1]) for name, env in CREDENTIAL_ENV.items() if name in args and args[name][1]}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import re
 import signal
 import stat
 import sys
@@ -37,14 +36,13 @@ from backends.base import (
     JobState,
     LaunchSpec,
     Observation,
-    ReturnCode,
     StillRunning,
     labels_for,
     state_for_return_code,
     terminated_outcome,
 )
+from backends.common import return_code_for_exit, under_allowed_roots, workload_name, workspace_child
 from backends.logtail import read_file_tail
-from backends.paths import under_allowed_roots, workspace_child
 from backends.process_config import ProcessSiteConfig, check_env
 from backends.process_runner import write_state
 
@@ -57,11 +55,6 @@ JOB_KEYS = ("python_path",)
 ABANDONED_AFTER = 2.0
 # A job's PATH: never the dashboard's (the python's own bin directory is put first).
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-
-def process_name(site: str, job_id: str) -> str:
-    name = re.sub(r"[^a-z0-9_.-]", "-", f"{site}-{job_id}".lower()).strip("-")
-    return name or "nvflare-job"
 
 
 class ProcessBackend(Backend):
@@ -127,9 +120,9 @@ class ProcessBackend(Backend):
             job_pk=request.job_pk,
             job_id=request.job_id,
             role=request.role,
-            name=process_name(self.site, request.job_id),
+            name=workload_name(self.site, request.job_id),
             image=None,
-            command=tuple(nvflare.render_command(python_path, request.role, args, set_options)),
+            command=tuple(nvflare.job_command(request.command, python_path, request.role, args, set_options)),
             env=env,
             credentials=nvflare.credential_env(args),
             labels=labels,
@@ -340,10 +333,10 @@ class ProcessBackend(Backend):
         job_pk = (state.get("labels") or {}).get("flare-launcher/job")
         exit_code = state.get("exit_code")
         if exit_code is not None:
-            code = exit_code if exit_code in (ReturnCode.SUCCESS, ReturnCode.ABORTED) else ReturnCode.EXECUTION_ERROR
+            code = return_code_for_exit(exit_code)
             return Observation(
                 ref=ref, job_pk=job_pk, state=state_for_return_code(code), exit_code=exit_code,
-                return_code=int(code), reason=state.get("reason", ""),
+                return_code=code, reason=state.get("reason", ""),
                 message=state.get("message") or f"process exited with code {exit_code}",
                 at=state.get("finished_at"), logs_tail=self.logs(Handle(self.kind, ref)),
             )

@@ -23,9 +23,9 @@ import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backends.base import JobRequest, JobState, LABEL_SITE  # noqa: E402
+from backends.base import LABEL_SITE, JobRequest, JobState  # noqa: E402
 from backends.docker import DockerBackend, DockerSiteConfig  # noqa: E402
-from backends.docker_specs import create_kwargs  # noqa: E402
+from backends.docker.specs import create_kwargs  # noqa: E402
 
 IMAGE = "launcher-test/fake-python:1"
 UID = GID = 1000

@@ -423,7 +423,7 @@ class ExitClock(threading.Thread):
                 self.pool.submit(self._finished_at, event["id"], name)
 
     def _finished_at(self, container_id: str, name: str) -> None:
-        from backends.docker_observe import parse_docker_time
+        from backends.docker.observe import parse_docker_time
 
         with contextlib.suppress(Exception):  # gone already: the die time stands in
             at = parse_docker_time(self.inspector.inspect_container(container_id)["State"]["FinishedAt"])

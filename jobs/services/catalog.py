@@ -12,19 +12,14 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from backends import config_class
-from backends import k8s_pod_security as pss
 from backends.base import InvalidJobSpec
-from backends.docker_specs import DEFAULT_SOCKETS, check_container_kwargs
-from backends.paths import NEVER_MOUNTABLE, overlaps_protected, under_allowed_roots
+from backends.common import DOCKER_SOCKETS, LAUNCHER_OWNED_ENV, NEVER_MOUNTABLE, overlaps_protected, under_allowed_roots
+from backends.docker.config import check_container_kwargs
+from backends.kubernetes import pod_security as pss
 from jobs.models import ACTIVE, Backend, Dataset, Site, Study
 from jobs.services import policy
 
 BACKEND_FIELDS = tuple(Backend.values)  # "docker", "kubernetes", "process": one JSON block each
-# Env names a study may not set: the launcher owns them (launch-semantics.md §5.2).
-LAUNCHER_OWNED_ENV = frozenset({
-    "PYTHONPATH", "NVFL_WORKSPACE_OWNER_FQCN", "NVFL_WORKSPACE_TRANSFER_TOKEN",
-    "NVFLARE_JOB_AUTH_TOKEN", "NVFLARE_JOB_TOKEN_SIGNATURE", "NVFLARE_JOB_SSID",
-})
 STUDY_FIELD_MAX_BYTES = 64 * 1024  # each of a study's env, docker_kwargs and pod_template
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PVC_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -205,7 +200,7 @@ def _study_errors(study: Study) -> dict[str, list[str]]:
         errors.setdefault("pod_template", []).append("pod_template is Kubernetes-only.")
     if "docker_kwargs" not in errors and study.docker_kwargs:
         docker = _normalised_block("docker", study.site.docker)
-        try:  # the launch-time checker (backends.docker_specs), so a refused option fails here already
+        try:  # the launch-time checker (backends.docker.config), so a refused option fails here already
             check_container_kwargs(study.docker_kwargs, "docker_kwargs",
                                    allow_host_ipc=isinstance(docker, dict) and docker.get("allow_host_ipc") is True)
         except InvalidJobSpec as exc:
@@ -272,7 +267,7 @@ def dataset_source_error(site: Site, source: str) -> str | None:
         under_allowed_roots(source, site.allowed_data_roots or [], "source")
     except InvalidJobSpec as exc:
         return exc.reason[0].upper() + exc.reason[1:] + "."
-    protected = [*site_workspaces(site), *DEFAULT_SOCKETS]
+    protected = [*site_workspaces(site), *DOCKER_SOCKETS]
     docker_host = (site.docker or {}).get("docker_host") or ""
     if docker_host.startswith("unix://"):
         protected.append(docker_host.removeprefix("unix://"))

@@ -66,3 +66,15 @@ def test_site_whose_jobs_would_run_as_root_refuses_them_at_submit(process_site, 
     response = as_user("operator").post("/api/v1/jobs/", launch_body("job-r", job_args("job-r")), format="json")
     assert response.status_code == 400 and "jobs would run as root" in str(response.json()["process.user"])
     assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize("command", [["sh", "-c", "id"], "id", None])
+def test_a_command_override_in_a_submit_body_is_refused(process_site, as_user, site_token, job_args, command):
+    """JobRequest.command is the launcher's own site probe only: the API has no such field, so a body
+    that carries one is a 400 naming it, and nothing is recorded or run (StrictSerializer)."""
+    body = {**launch_body("job-c", job_args("job-c")), "command": command}
+    for client in (as_user("operator"), site_token(process_site)):
+        response = client.post("/api/v1/jobs/", body, format="json")
+        assert response.status_code == 400, response.content
+        assert "command" in response.json(), response.json()
+    assert not Job.objects.exists()

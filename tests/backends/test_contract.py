@@ -17,11 +17,12 @@ import os
 import signal
 import time
 import uuid
+from dataclasses import replace
 
 import pytest
 
 from backends import backend_class
-from backends.base import Backend, BackendError, Handle, JobRequest, JobState, ReturnCode, StillRunning
+from backends.base import Backend, BackendError, Handle, InvalidJobSpec, JobRequest, JobState, ReturnCode, StillRunning
 from backends.process import ProcessBackend, ProcessSiteConfig
 from tests import kube_api_server as kube
 from tests.backends.kube_fixtures import clock, kube_server, make_backend  # noqa: F401 - fixtures
@@ -33,7 +34,14 @@ ENGINES = [pytest.param("process", marks=pytest.mark.embedded), pytest.param("do
            pytest.param("kubernetes", marks=pytest.mark.kubernetes)]
 
 
-class ProcessEngine:
+class Engine:
+    """What every adapter shares: a spec is the backend's prepare() of the adapter's request."""
+
+    def spec(self, job_id: str, **request):
+        return self.backend.prepare(self.request(job_id, **request))
+
+
+class ProcessEngine(Engine):
     kind = "process"
     # NVFlare's mapping for a local process: 0 -> 0, 9 -> 9 (aborted), anything else -> 1
     outcomes = {0: (JobState.SUCCEEDED, 0), 1: (JobState.FAILED, 1), 9: (JobState.ABORTED, 9)}
@@ -46,13 +54,21 @@ class ProcessEngine:
     def fresh(self) -> ProcessBackend:
         return ProcessBackend(site="site-1", config=ProcessSiteConfig.from_dict(process_settings(self.workspace)))
 
-    def spec(self, job_id: str, *, sleep: float = 0, exit_code: int = 0):
+    def request(self, job_id: str, *, sleep: float = 0, exit_code: int = 0, command=None) -> JobRequest:
         options = [f"sleep={sleep}", f"exit={exit_code}"]
-        return self.backend.prepare(JobRequest(site="site-1", job_pk="7", job_id=job_id,
-                                               job_args=client_job_args(job_id), set_options=tuple(options)))
+        return JobRequest(site="site-1", job_pk="7", job_id=job_id, command=command,
+                          job_args=client_job_args(job_id), set_options=tuple(options))
 
     def play(self, handle: Handle, status: str, exit_code: int = 0) -> None:
         """A real process plays itself."""
+
+    def told_to_run(self, handle: Handle) -> list[str] | None:
+        """No engine record of the argv here: the output says what ran (see the override test)."""
+        return None
+
+    def nvflare_ran(self, handle: Handle, spec) -> bool:
+        """The fake NVFlare job module records itself in its job directory."""
+        return os.path.exists(os.path.join(spec.workdir, "job_record.json"))
 
     def remove_behind_our_back(self, handle: Handle) -> None:
         """Kill the job and let its runner record that, then delete its record: as a cleanup by hand."""
@@ -69,30 +85,38 @@ def _read_json(path: str) -> dict:
         return json.load(f)
 
 
-class DockerEngine:
+class DockerEngine(Engine):
     kind = "docker"
     outcomes = {0: (JobState.SUCCEEDED, 0), 1: (JobState.FAILED, 1), 9: (JobState.ABORTED, 9)}
     replays_from_since_only = True
 
     def __init__(self, make_docker_backend, docker_request, docker_client):
-        self.make, self.request, self.client = make_docker_backend, docker_request, docker_client
+        self.make, self.make_request, self.client = make_docker_backend, docker_request, docker_client
         self.backend = self.fresh()
 
     def fresh(self):
         return self.make()
 
-    def spec(self, job_id: str, *, sleep: float = 0, exit_code: int = 0):
-        return self.backend.prepare(self.request(job_id=job_id, job_pk="7",
-                                                 env={"FAKE_SLEEP": str(sleep), "FAKE_EXIT": str(exit_code)}))
+    def request(self, job_id: str, *, sleep: float = 0, exit_code: int = 0, command=None) -> JobRequest:
+        env = {"FAKE_SLEEP": str(sleep), "FAKE_EXIT": str(exit_code), "SITE_DEFAULT": "yes"}
+        return self.make_request(job_id=job_id, job_pk="7", env=env, command=command)
 
     def play(self, handle: Handle, status: str, exit_code: int = 0) -> None:
         """The real daemon runs the container."""
+
+    def told_to_run(self, handle: Handle) -> list[str] | None:
+        config = self.client.containers.get(handle.ref).attrs["Config"]
+        return [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
+
+    def nvflare_ran(self, handle: Handle, spec) -> bool:
+        """The image's stand-in python announces itself on its first line."""
+        return "FAKE-PYTHON" in self.backend.logs(handle)
 
     def remove_behind_our_back(self, handle: Handle) -> None:
         self.client.containers.get(handle.ref).remove(force=True)
 
 
-class KubernetesEngine:
+class KubernetesEngine(Engine):
     kind = "kubernetes"
     # NVFlare on Kubernetes (launch-semantics.md §4.9): a Failed pod is 9 unless its code is 101-103.
     outcomes = {0: (JobState.SUCCEEDED, 0), 1: (JobState.FAILED, 9), 9: (JobState.FAILED, 9)}
@@ -105,8 +129,16 @@ class KubernetesEngine:
     def fresh(self):
         return self.make()
 
-    def spec(self, job_id: str, *, sleep: float = 0, exit_code: int = 0):
-        return self.backend.prepare(kube_job_request(job_id=job_id, job_pk="7"))
+    def request(self, job_id: str, *, sleep: float = 0, exit_code: int = 0, command=None) -> JobRequest:
+        return kube_job_request(job_id=job_id, job_pk="7", command=command)
+
+    def told_to_run(self, handle: Handle) -> list[str] | None:
+        main = self.server.pod(handle.ref)["spec"]["containers"][0]
+        return [*main["command"], *main["args"]]
+
+    def nvflare_ran(self, handle: Handle, spec) -> bool:
+        """Nothing runs here (the test plays the kubelet): the pod as created is all there is."""
+        return False
 
     def play(self, handle: Handle, status: str, exit_code: int = 0) -> None:
         """The test is the kubelet here: it writes the pod's status."""
@@ -263,3 +295,44 @@ def test_check_connection_takes_datasets_everywhere(engine):
     results = engine.backend.check_connection(datasets=())
     assert results and all(r.ok for r in results), results
     assert engine.backend.check_connection(()) == results
+
+
+# The site probe's kind of command: a shell line, with the job's env (SITE_DEFAULT is a site/study
+# variable on every engine here), not NVFlare's `python -u -m <module> <flags>`.
+OVERRIDE = ("sh", "-c", 'echo "OVERRIDE-RAN SITE_DEFAULT=$SITE_DEFAULT"')
+
+
+def test_a_command_override_runs_that_command_and_nothing_of_nvflares(engine):
+    """JobRequest.command (the launcher's own site probe) replaces the whole argv on every backend,
+    with the job's image, user, env and mounts kept; the job args are still validated as usual."""
+    spec = engine.spec(job_id(), command=OVERRIDE)
+    assert spec.command == OVERRIDE
+    handle = engine.backend.launch(spec)
+    told = engine.told_to_run(handle)
+    assert told is None if engine.kind == "process" else told == list(OVERRIDE)
+    engine.play(handle, "exited", 0)
+    observation = ended(engine, handle)
+    assert (observation.state, observation.return_code) == engine.outcomes[0]
+    assert not engine.nvflare_ran(handle, spec)
+    if engine.kind != "kubernetes":  # a real engine ran it: its output says what ran, with the job's env
+        assert "OVERRIDE-RAN SITE_DEFAULT=yes" in engine.backend.logs(handle)
+    normal = engine.spec(job_id())
+    assert normal.command[0] != "sh" and "-m" in normal.command  # without the override: NVFlare's command
+
+
+@pytest.mark.parametrize("command, field", [((), "command"), (("",), "command"), (("sh", "a\0b"), "command"),
+                                            ("sh -c id", "command")])
+def test_a_malformed_command_override_is_refused(engine, command, field):
+    with pytest.raises(InvalidJobSpec) as error:
+        engine.spec(job_id(), command=command)
+    assert error.value.field == field
+
+
+def test_a_command_override_does_not_skip_the_job_arg_checks(engine):
+    spec = engine.spec(job_id(), command=OVERRIDE)  # valid args: fine
+    assert spec.command == OVERRIDE
+    request = engine.request(job_id(), command=OVERRIDE)
+    for bad in ({"exe_module": ["-c", "import os"]}, {"client_name": ["-c", "--help"]}):
+        with pytest.raises(InvalidJobSpec) as error:
+            engine.backend.prepare(replace(request, job_args={**request.job_args, **bad}))
+        assert error.value.field.startswith("job_args."), error.value.field

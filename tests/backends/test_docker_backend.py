@@ -22,7 +22,7 @@ from backends.base import (
     StudyRuntime,
 )
 from backends.docker import DockerBackend, DockerSiteConfig
-from backends.docker_specs import CONTAINER_ROOT, create_kwargs
+from backends.docker.specs import CONTAINER_ROOT, create_kwargs
 from tests.backends.conftest import IMAGE, SIGNATURE, SSID, TOKEN
 from tests.util import skip_or_fail, wait_until
 

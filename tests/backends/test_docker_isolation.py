@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from backends.base import BackendError, DatasetSpec, InvalidJobSpec, StudyRuntime
-from backends.docker_specs import CONTAINER_ROOT
+from backends.docker.specs import CONTAINER_ROOT
 from tests.backends.conftest import IMAGE, JOB_GID, JOB_UID
 from tests.util import wait_until
 
@@ -170,7 +170,7 @@ def test_job_dir_swap_race_never_starts_a_job_on_the_target(make_docker_backend,
     """The job dir is swapped for a symlink to a root-only directory at a random moment during
     launch. Every job that did start must have mounted its own directory; every other launch fails
     permanently and leaves no container. (A swap that is undone again before the post-start check
-    is the documented residual window; see backends/docker_binds.py.)"""
+    is the documented residual window; see backends/docker/binds.py.)"""
     backend = make_docker_backend(allow_job_images=True)
     started, refused, leaked = _race(backend, docker_request, lambda job_id: docker_workspace / job_id, secret_dir,
                                      RACE_LAUNCHES, docker={"image": IMAGE, "entrypoint": SHOW})

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from backends.base import InvalidJobSpec, StudyRuntime, labels_for
-from backends.docker_specs import CONTAINER_ROOT
+from backends.docker.specs import CONTAINER_ROOT
 
 from tests.backends.conftest import IMAGE, SIGNATURE, SSID, TOKEN
 

@@ -1,4 +1,4 @@
-"""Pure mapping tests for backends/docker_specs.py and backends/docker_observe.py: literal inputs,
+"""Pure mapping tests for backends/docker/specs.py, config.py and observe.py: literal inputs,
 literal expected outputs, no daemon."""
 
 from __future__ import annotations
@@ -6,18 +6,18 @@ from __future__ import annotations
 import pytest
 
 from backends.base import LABEL_JOB_PK, InvalidJobSpec, JobState, LaunchSpec
-from backends.docker_observe import (
+from backends.common import return_code_for_exit
+from backends.common import workload_name as container_name
+from backends.docker.config import DockerSiteConfig
+from backends.docker.observe import (
     observation_from_container,
     observation_from_event,
     observation_from_summary,
     parse_docker_time,
-    return_code_for_exit,
 )
-from backends.docker_specs import (
+from backends.docker.specs import (
     CONTAINER_ROOT,
-    DockerSiteConfig,
     check_job_options,
-    container_name,
     create_kwargs,
     merge_run_options,
     parse_shm_size,

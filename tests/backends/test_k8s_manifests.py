@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
-from backends import k8s_manifests as km
 from backends.base import DatasetSpec, InvalidJobSpec
+from backends.kubernetes import manifests as km
 
 UUID = "550e8400-e29b-41d4-a716-446655440000"
 

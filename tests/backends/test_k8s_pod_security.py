@@ -1,14 +1,14 @@
-"""Pod Security Standards check of study pod_templates (backends/k8s_pod_security.py): literal dicts,
+"""Pod Security Standards check of study pod_templates (backends/kubernetes/pod_security.py): literal dicts,
 every violation named with its path; the launch-time check in prepare()."""
 
 from __future__ import annotations
 
 import pytest
 
-from backends import k8s_manifests as km
-from backends import k8s_pod_security as pss
 from backends.base import InvalidJobSpec, StudyRuntime
 from backends.kubernetes import KubernetesBackend, KubernetesSiteConfig
+from backends.kubernetes import manifests as km
+from backends.kubernetes import pod_security as pss
 from tests.backends.kube_fixtures import SITE, job_request
 
 MUST_SET = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,

@@ -10,9 +10,9 @@ import os
 
 import pytest
 
-from backends import k8s_manifests as km
 from backends.base import BackendError, Handle, JobState, StillRunning
 from backends.kubernetes import KubernetesBackend, KubernetesSiteConfig
+from backends.kubernetes import manifests as km
 from tests import kube_api_server as kube
 from tests.backends.kube_fixtures import (  # noqa: F401 - fixtures
     CREDENTIAL_VALUES, JOB_ID, SITE, backend, clock, job_request, kube_server, make_backend,

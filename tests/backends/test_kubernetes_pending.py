@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from backends.base import JobState
-from backends.k8s_pending import classify_pending, is_shortage
+from backends.kubernetes.pending import classify_pending, is_shortage
 from tests import kube_api_server as kube
 from tests.backends.kube_fixtures import (  # noqa: F401 - fixtures
     backend, clock, job_request, kube_server, make_backend,

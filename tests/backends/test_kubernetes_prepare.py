@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from backends import k8s_manifests as km
 from backends.base import DatasetSpec, InvalidJobSpec, StudyRuntime
 from backends.kubernetes import KubernetesBackend, KubernetesSiteConfig
+from backends.kubernetes import manifests as km
 from tests.backends.kube_fixtures import CREDENTIAL_VALUES, IMAGE, JOB_ID, SITE, job_request
 
 BASE = f"job_meta.launcher_spec.{SITE}.k8s"
@@ -193,6 +193,19 @@ def test_study_datasets_env_and_template():
     claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
     assert claims == ["pvc-train", "pvc-out"]
     assert spec.labels["flare-launcher/study"] == "s1"
+
+
+def test_a_command_override_replaces_the_job_containers_command_even_under_a_template():
+    """JobRequest.command (the site probe) is the main container's command/args, whatever a study's
+    pod_template says about them (launcher-owned); sidecars are left alone."""
+    study = StudyRuntime(name="s1", pod_template={"spec": {"containers": [
+        {"name": "nvflare_job", "command": ["/bin/evil"], "args": ["x"]},
+        {"name": "sidecar", "image": "proxy:1", "command": ["proxy"]}]}})
+    spec = backend().prepare(job_request(study=study, command=("sh", "-c", "echo probe")))
+    main, sidecar = spec.options["pod"]["spec"]["containers"]
+    assert (main["command"], main["args"]) == (["sh"], ["-c", "echo probe"])
+    assert sidecar["command"] == ["proxy"]
+    assert spec.command == ("sh", "-c", "echo probe")
 
 
 def test_study_errors():

@@ -18,7 +18,7 @@ from backends.base import Handle
 from backends.logtail import cap_tail
 from jobs.models import Job, Role, Site, SiteMembership, Study
 from jobs.services import connection_check
-from jobs.services.lifecycle import job_save_logs_tail
+from jobs.services.lifecycle import job_note
 from jobs.services.sites import site_backend
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
@@ -55,7 +55,7 @@ def test_a_job_printing_16k_lines_is_capped_live_saved_downloaded_and_in_the_api
     assert len(page.content) < CAP + 64 * 1024
 
     Job.objects.filter(pk=job.pk).update(state="failed")
-    assert job_save_logs_tail(job_pk=job.pk, logs_tail=backend.logs(Handle(**job.handle), tail=10_000))
+    assert job_note(job.pk, source="watcher", logs_tail=backend.logs(Handle(**job.handle), tail=10_000))[1]
     saved = Job.objects.get(pk=job.pk).logs_tail
     assert 0 < len(saved.encode()) <= CAP and "line 1999" in saved
     Job.objects.filter(pk=job.pk).update(logs_tail="\n".join([LINE_16K] * 2000))  # a tail saved before the cap
@@ -154,8 +154,8 @@ def test_a_connection_test_to_a_silent_engine_answers_within_the_deadline(slow_d
 
 def test_site_timeouts_are_bounded(db):
     from backends.base import InvalidJobSpec
-    from backends.docker_specs import DockerSiteConfig
-    from backends.k8s_config import KubernetesSiteConfig
+    from backends.docker import DockerSiteConfig
+    from backends.kubernetes import KubernetesSiteConfig
 
     with pytest.raises(InvalidJobSpec, match="<= 120"):
         DockerSiteConfig.from_dict({"timeout": 3600})

@@ -2,7 +2,7 @@
 data and container events to the backend's Observations, and the NVFlare return-code rules.
 
 Nothing here talks to a daemon, so everything is tested against literal dicts
-(tests/backends/test_docker_specs.py). `backends/docker.py` reads the daemon and calls these.
+(tests/backends/test_docker_specs.py). backend.py and watch.py read the daemon and call these.
 """
 
 from __future__ import annotations
@@ -13,16 +13,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from backends.base import LABEL_JOB_PK, JobState, Observation, ReturnCode, state_for_return_code
+from backends.common import return_code_for_exit
 
 STARTING_STATUSES = frozenset({"created", "restarting"})
 RUNNING_STATUSES = frozenset({"running", "paused"})
-
-
-def return_code_for_exit(exit_code: int | None) -> int:
-    """NVFlare maps an exited container's code: 0 -> 0, 9 -> 9, anything else -> 1."""
-    if exit_code in (ReturnCode.SUCCESS, ReturnCode.ABORTED):
-        return int(exit_code)
-    return int(ReturnCode.EXECUTION_ERROR)
 
 
 def parse_docker_time(value: Any) -> float | None:

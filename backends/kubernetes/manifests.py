@@ -2,7 +2,7 @@
 
 Nothing here talks to an API server; every function maps plain values to plain dicts in the
 API's JSON shape (camelCase), so tests compare them with literal dicts (launch-semantics.md §4.2-§4.7).
-`backends/kubernetes.py` only sends what these functions build.
+backends/kubernetes/backend.py only sends what these functions build.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ POD_SUFFIX_MAX = 20
 MAIN_CONTAINER_SENTINEL = "nvflare_job"  # a pod_template marks its job container with this name
 WORKSPACE_VOLUME = "workspace-job"
 STARTUP_VOLUME = "startup-kit"
-TRANSFER_TOKEN_ENV = "NVFL_WORKSPACE_TRANSFER_TOKEN"
-OWNER_FQCN_ENV = "NVFL_WORKSPACE_OWNER_FQCN"
 # The job container's name is recorded here so logs and exit codes find it among template sidecars.
 MAIN_CONTAINER_ANNOTATION = "flare-launcher/main-container"
 # The effective pending_timeout ("none" = wait forever), so any process inspecting the pod applies it.

@@ -1,5 +1,5 @@
 """Kubernetes backend: the API plumbing KubernetesBackend is built on. Client construction from a
-kubeconfig or the in-cluster service account, one `_call()` that sends every request with an
+kubeconfig or the in-cluster service account, one `call()` that sends every request with an
 explicit timeout and reads the reply as JSON (`_preload_content=False`), HTTP errors mapped to
 BackendError with RBAC hints, idempotent delete and upsert, and the site connection check.
 """
@@ -19,9 +19,9 @@ from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from backends import k8s_manifests as km
 from backends.base import BackendError, CheckResult, DatasetSpec
-from backends.k8s_config import KubernetesSiteConfig
+from backends.kubernetes import manifests as km
+from backends.kubernetes.config import KubernetesSiteConfig
 
 log = logging.getLogger("backends.kubernetes")  # the name log lines had before the split
 

@@ -1,5 +1,5 @@
 """Kubernetes backend: the change streams behind `KubernetesBackend.stream()`. One WatchFeed thread
-per resource, given the site's API client (k8s_api.KubeApi), lists, then watches from the last
+per resource, given the site's API client (api.KubeApi), lists, then watches from the last
 resourceVersion, relists on 410 Gone and restarts silent watches every `watch_timeout` seconds;
 Warning events arrive through a second feed.
 """
@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from backends.base import BackendError
-from backends.k8s_api import KubeApi
+from backends.kubernetes.api import KubeApi
 
 log = logging.getLogger("backends.kubernetes")  # the name log lines had before the split
 

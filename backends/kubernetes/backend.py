@@ -1,16 +1,18 @@
 """Kubernetes backend: each NVFlare job is one bare Pod (launch-semantics.md §4).
 
-Manifests come from the pure builders in `k8s_manifests.py`; this module sends them through its API
-client (`k8s_api.KubeApi`: JSON dicts, an explicit timeout on every call) and reads the replies.
-Pending pods are classified exactly as NVFlare does (§4.8). The clocks come from the pod itself:
-the site start timeout counts from its creationTimestamp, the wait-for-resources timer from the
-lastTransitionTime of its PodScheduled condition, so both survive a restart of the launcher. The
+Specs are built by prepare.py (manifests from the pure builders in manifests.py); this module sends
+them through the site's engine client (api.KubeApi: JSON dicts, an explicit timeout on every call)
+and reads the replies. Pending pods are classified exactly as NVFlare does (§4.8). The clocks come
+from the pod itself: the site start timeout counts from its creationTimestamp, the
+wait-for-resources timer from the lastTransitionTime of its PodScheduled condition, so both survive
+a restart of the launcher. The
 object keeps no job state, only its API client and, per pod whose timer runs, the time the API could
 not be read (§4.8 pauses the timer then); after a restart that paused time counts again.
 
-Module layout: `k8s_config.py` (site configuration and prepare), `k8s_manifests.py` (pure manifest
-builders), `k8s_pending.py` (pure §4.8 classification and pod clocks), `k8s_api.py` (the API client
-object) and `k8s_watch.py` (the change streams behind stream(), given that client).
+Package layout, by seam: config.py (site settings), prepare.py, manifests.py and pod_security.py
+(spec building), api.py (the engine client object), pending.py (pure §4.8 classification, pod clocks
+and the pod -> Observation mapping) and watch.py (the change streams behind stream(), given that
+client).
 """
 
 from __future__ import annotations
@@ -41,18 +43,19 @@ from backends.base import (
     StillRunning,
     terminated_outcome,
 )
-from backends import k8s_manifests as km
-from backends.k8s_api import LOGS_TAIL, KubeApi, KubeApiError
-from backends.k8s_config import BACKEND_KIND, KubernetesSiteConfig, prepare_spec
-from backends.k8s_pending import (
+from backends.kubernetes import manifests as km
+from backends.kubernetes.api import LOGS_TAIL, KubeApi, KubeApiError
+from backends.kubernetes.config import KubernetesSiteConfig
+from backends.kubernetes.pending import (
     PendingPause, classify_pending, event_time, pending_clock_start, pod_observation, pod_time,
 )
-from backends.k8s_watch import WatchFeed
+from backends.kubernetes.prepare import BACKEND_KIND, prepare_spec
+from backends.kubernetes.watch import WatchFeed
 from backends.logtail import cap_tail
 
-__all__ = ["KubernetesBackend", "KubernetesSiteConfig"]
+__all__ = ["KubernetesBackend"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("backends.kubernetes")  # the name log lines had before the split
 
 
 class KubernetesBackend(Backend):

@@ -1,9 +1,10 @@
 """The Docker backend: one container per NVFlare job on the site's Docker host (launch-semantics.md §3).
 
-`prepare()` turns a JobRequest into a LaunchSpec (validation and host path checks only:
-backends/docker_prepare.py, with the pure parts in backends/docker_specs.py and the filesystem checks
-in backends/docker_mounts.py). Everything else sends what it is given to the daemon and maps the
-replies (backends/docker_observe.py). Containers are created and started (never `containers.run()`,
+`prepare()` turns a JobRequest into a LaunchSpec (validation and host path checks only: prepare.py,
+with the pure parts in specs.py and config.py and the filesystem checks in mounts.py and binds.py).
+Everything else sends what it is given to the daemon through the site's engine client (client.py)
+and maps the replies (observe.py); stream() is the event feed (watch.py), given the same client.
+Containers are created and started (never `containers.run()`,
 never auto-removed, so the exit code and logs can be read), labelled for `list_managed()`, and
 removed by `cleanup()`.
 """
@@ -13,12 +14,11 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import docker
-import requests
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, ImageNotFound, NotFound
 
 from backends.base import (
     LABEL_JOB_PK,
@@ -39,24 +39,26 @@ from backends.base import (
     StillRunning,
     terminated_outcome,
 )
-from backends.docker_binds import Pin, Root, verify
-from backends.docker_mounts import bind_pins, confined_source, ensure_job_dir, workspace_dir
-from backends.docker_observe import (
-    STREAM_ACTIONS, event_key, observation_from_container, observation_from_event, observation_from_summary,
+from backends.docker.binds import Pin, Root, verify
+from backends.docker.client import DockerApi
+from backends.docker.config import DockerSiteConfig
+from backends.docker.mounts import (
+    bind_pins,
+    confined_source,
+    ensure_job_dir,
+    workspace_dir,
 )
-from backends.docker_prepare import launch_spec_for
-from backends.docker_specs import DockerSiteConfig, create_kwargs
+from backends.docker.observe import observation_from_container, observation_from_summary
+from backends.docker.prepare import launch_spec_for
+from backends.docker.specs import create_kwargs
+from backends.docker.watch import EventFeed
 from backends.logtail import cap_tail, tail_max_bytes
 
-__all__ = ["DockerBackend", "DockerSiteConfig"]
+__all__ = ["DockerBackend"]
 
 LOGS_TAIL = 200  # lines kept on terminal observations, read before cleanup() removes the container
 LOGS_PROBE_LINES = 1_000  # read first; more only when these are short (a Docker log entry is <= 16 KiB)
 LOGS_MAX_LINES = 10_000
-STOP_POLL_S = 0.5  # how often stream() looks at its stop event while the daemon is quiet
-# The daemon is gone or going: refused, timed out, or a response cut off mid-body (ChunkedEncodingError).
-CONNECTION_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                     requests.exceptions.ChunkedEncodingError, ConnectionError)
 
 
 class DockerBackend(Backend):
@@ -71,59 +73,17 @@ class DockerBackend(Backend):
         self.data_roots = tuple(Root.of(root) for root in allowed_data_roots if root)
         self.allowed_data_roots = tuple(root.real for root in self.data_roots)
         self.shared_root = Root.of(config.shared_file_root) if config.shared_file_root else None
-        self._client: docker.DockerClient | None = None
-        self._network_checked = False
-        self._lock = threading.Lock()
-        self._since: int | None = None  # stream()'s position: a cursor, not job state (see stream())
-        self._seen: set[tuple[str, int, str]] = set()
+        self.api = DockerApi(config)  # the engine client: the only thing this object holds
+        self.events = EventFeed(self.api, site)  # stream()'s position: a cursor, not job state
 
     # -----------------------------------------------------------------------------------------
     # prepare (pure apart from filesystem checks)
     # -----------------------------------------------------------------------------------------
 
     def prepare(self, request: JobRequest) -> LaunchSpec:
-        """See backends/docker_prepare.py; raises InvalidJobSpec naming the offending field."""
+        """See backends/docker/prepare.py; raises InvalidJobSpec naming the offending field."""
         return launch_spec_for(request, backend_site=self.site, config=self.config,
                                data_roots=self.data_roots, shared_root=self.shared_root)
-
-    # -----------------------------------------------------------------------------------------
-    # daemon plumbing
-    # -----------------------------------------------------------------------------------------
-
-    def _docker(self) -> docker.DockerClient:
-        if self._client is None:
-            with self._lock, self._errors("connect to Docker"):
-                if self._client is None:
-                    if self.config.docker_host:
-                        self._client = docker.DockerClient(base_url=self.config.docker_host, timeout=self.config.timeout)
-                    else:
-                        self._client = docker.from_env(timeout=self.config.timeout)
-        return self._client
-
-    @contextlib.contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
-        """Translate SDK failures: unreachable daemon and 5xx -> retryable; other API errors -> permanent."""
-        where = self.config.docker_host or os.environ.get("DOCKER_HOST") or "the default Docker socket"
-        try:
-            yield
-        except BackendError:
-            raise
-        except APIError as exc:
-            raise BackendError(f"cannot {action}: {exc.explanation or exc}", retryable=exc.is_server_error()) from exc
-        except (*CONNECTION_ERRORS, DockerException) as exc:  # DockerException: the client's version probe failed
-            raise BackendError(f"cannot {action}: Docker daemon at {where} is unreachable ({exc})", retryable=True) from exc
-
-    def _ensure_network(self, client: docker.DockerClient) -> None:
-        if self._network_checked:
-            return
-        try:
-            client.networks.get(self.config.network)
-        except NotFound:
-            raise BackendError(
-                f"Docker network {self.config.network!r} does not exist; create it with "
-                f"`docker network create {self.config.network}` (the launcher never creates it)"
-            ) from None
-        self._network_checked = True
 
     # -----------------------------------------------------------------------------------------
     # lifecycle
@@ -133,9 +93,9 @@ class DockerBackend(Backend):
         """Create and start the container. A name conflict adopts the existing container when its
         labels say it is this job's (starting it if it was only created); a container half-created
         by this call is removed before the error propagates. Never pulls unless allow_pull."""
-        client = self._docker()
-        with self._errors(f"launch job {spec.job_id}"):
-            self._ensure_network(client)
+        client = self.api.client()
+        with self.api.errors(f"launch job {spec.job_id}"):
+            self.api.ensure_network(client)
             workspace = workspace_dir(self.config.workspace)
             ensure_job_dir(spec, workspace)
             roots = [Root(configured=workspace, real=workspace), *self.data_roots]
@@ -153,7 +113,7 @@ class DockerBackend(Backend):
     def _start_checked(container: Any, pins: list[Pin]) -> None:
         """Start `container` only if every bind source is still what launch() pinned, else remove it
         and fail permanently. Docker mounts by path: the window left inside start() (runc's mount)
-        is described in backends/docker_binds.py; the verify after start catches a lasting swap."""
+        is described in backends/docker/binds.py; the verify after start catches a lasting swap."""
         try:
             verify(pins, "before the container started")
             container.start()
@@ -192,8 +152,8 @@ class DockerBackend(Backend):
         return Handle(backend=self.kind, ref=spec.name)
 
     def inspect(self, handle: Handle, *, terminate_requested: bool = False) -> Observation:
-        with self._errors(f"inspect {handle.ref}"):
-            client = self._docker()
+        with self.api.errors(f"inspect {handle.ref}"):
+            client = self.api.client()
             try:
                 observation = self._observe(client.containers.get(handle.ref))
             except NotFound:
@@ -211,8 +171,8 @@ class DockerBackend(Backend):
         the watcher removes soon after. So a reconcile of N running jobs costs one call, not N + 1
         (the SDK's containers.list inspects every container it lists)."""
         filters = {"label": [f"{LABEL_MANAGED_BY}={MANAGED_BY}", f"{LABEL_SITE}={self.site}"]}
-        with self._errors("list containers"):
-            client = self._docker()
+        with self.api.errors("list containers"):
+            client = self.api.client()
             observations = []
             for summary in client.api.containers(all=True, filters=filters):
                 observation = observation_from_summary(summary)
@@ -229,9 +189,9 @@ class DockerBackend(Backend):
         is aborted (9), a success keeps its 0. Idempotent: a missing container is aborted (9)."""
         vanished = Observation(ref=handle.ref, state=JobState.ABORTED, return_code=int(ReturnCode.ABORTED),
                                reason="vanished", message="the container no longer exists")
-        with self._errors(f"terminate {handle.ref}"):
+        with self.api.errors(f"terminate {handle.ref}"):
             try:
-                container = self._docker().containers.get(handle.ref)
+                container = self.api.client().containers.get(handle.ref)
             except NotFound:
                 return vanished
             if container.status not in ("exited", "dead"):
@@ -254,9 +214,9 @@ class DockerBackend(Backend):
             return terminated_outcome(self._observe(container))
 
     def logs(self, handle: Handle, *, tail: int = 200) -> str:
-        with self._errors(f"read logs of {handle.ref}"):
+        with self.api.errors(f"read logs of {handle.ref}"):
             try:
-                return self._read_logs(self._docker().containers.get(handle.ref), tail)
+                return self._read_logs(self.api.client().containers.get(handle.ref), tail)
             except NotFound:
                 return ""
 
@@ -279,12 +239,12 @@ class DockerBackend(Backend):
 
     def cleanup(self, handle: Handle) -> None:
         """Remove an ended container; StillRunning for one that was created but has not ended."""
-        with self._errors(f"remove {handle.ref}"):
+        with self.api.errors(f"remove {handle.ref}"):
             try:
-                status = self._docker().api.inspect_container(handle.ref)["State"]["Status"]
+                status = self.api.client().api.inspect_container(handle.ref)["State"]["Status"]
                 if status not in ("exited", "dead", "removing"):
                     raise StillRunning(f"container {handle.ref} is {status}; terminate it before cleanup")
-                self._docker().api.remove_container(handle.ref, force=True)
+                self.api.client().api.remove_container(handle.ref, force=True)
             except NotFound:
                 pass
             except APIError as exc:
@@ -297,64 +257,8 @@ class DockerBackend(Backend):
 
     def stream(self, stop: threading.Event, *, since: int | None = None) -> Iterator[Observation]:
         """Container events of this site, from `since` (epoch seconds) or where this object's last
-        stream stopped (on a new object: from now). Events a resumed stream replays (the API resolves
-        `since` to whole seconds) are dropped. Returns when `stop` is set; BackendError(retryable=True)
-        if the daemon goes away."""
-        client = self._docker()
-        filters = {
-            "type": "container", "event": list(STREAM_ACTIONS),
-            "label": [f"{LABEL_MANAGED_BY}={MANAGED_BY}", f"{LABEL_SITE}={self.site}"],
-        }
-        with self._errors("watch Docker events"):
-            events = client.api.events(since=since if since is not None else self._since, filters=filters, decode=True)
-        done = threading.Event()
-        closer = threading.Thread(target=self._close_on_stop, args=(stop, done, events), daemon=True)
-        closer.start()
-        oom: set[str] = set()
-        try:
-            for event in events:
-                observation = self._observation_for(event, oom)
-                if observation is not None:
-                    yield observation
-                if stop.is_set():
-                    return
-        except Exception as exc:
-            if stop.is_set():
-                return
-            raise BackendError(f"Docker event stream lost: {exc}", retryable=True) from exc
-        finally:
-            done.set()
-            with contextlib.suppress(OSError):  # the daemon's side may have shut the socket first
-                events.close()
-        if not stop.is_set():
-            raise BackendError("Docker event stream ended unexpectedly", retryable=True)
-
-    @staticmethod
-    def _close_on_stop(stop: threading.Event, done: threading.Event, events: Any) -> None:
-        # The SDK reads events with no timeout; closing the socket is the only way to unblock it.
-        while not done.is_set():
-            if stop.wait(STOP_POLL_S):
-                with contextlib.suppress(Exception):
-                    events.close()
-                return
-
-    def _observation_for(self, event: Mapping[str, Any], oom: set[str]) -> Observation | None:
-        key = event_key(event)
-        second = key[1] // 1_000_000_000
-        with self._lock:
-            if key in self._seen:
-                return None
-            if self._since is None or second > self._since:
-                self._seen = {k for k in self._seen if k[1] // 1_000_000_000 >= second}
-                self._since = second
-            self._seen.add(key)
-        container_id = key[0]
-        action = key[2]
-        if action == "oom":
-            oom.add(container_id)
-        # No logs tail here: reading it is a daemon call, and the stream must not wait on one per
-        # exit. Whoever records the exit reads the tail (logs()) before the container is removed.
-        return observation_from_event(event, oom=container_id in oom, logs_tail=None)
+        stream stopped (on a new object: from now): see backends/docker/watch.py."""
+        yield from self.events.stream(stop, since=since)
 
     # -----------------------------------------------------------------------------------------
     # site check
@@ -363,8 +267,8 @@ class DockerBackend(Backend):
     def check_connection(self, datasets: Iterable[DatasetSpec] = ()) -> list[CheckResult]:
         results: list[CheckResult] = []
         try:
-            client = self._docker()
-            with self._errors("reach Docker"):
+            client = self.api.client()
+            with self.api.errors("reach Docker"):
                 version = client.version()
             results.append(CheckResult(name="docker daemon", ok=True,
                                        detail=f"Docker {version.get('Version')}, API {version.get('ApiVersion')}"))
@@ -375,8 +279,8 @@ class DockerBackend(Backend):
             results.append(CheckResult(name="network", ok=False, detail="not checked: the daemon is unreachable"))
         else:
             try:
-                with self._errors("look up the network"):
-                    self._ensure_network(client)
+                with self.api.errors("look up the network"):
+                    self.api.ensure_network(client)
                 results.append(CheckResult(name="network", ok=True, detail=f"{self.config.network} exists"))
             except BackendError as exc:
                 results.append(CheckResult(name="network", ok=False, detail=str(exc)))

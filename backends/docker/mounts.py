@@ -1,10 +1,10 @@
 """Host-side path checks of the Docker backend (launch-semantics.md §3.3): the workspace, the job
 directory, the container user, and which host paths may be bind-mounted into a job.
 
-Unlike backends/docker_specs.py these read the host filesystem (existence, symlinks, ownership),
+Unlike backends/docker/specs.py these read the host filesystem (existence, symlinks, ownership),
 so they are exercised through DockerBackend.prepare() and check_connection() against real
 directories (tests/backends/test_docker_prepare.py). The symlink-free walk itself, and the
-re-check right before a container starts, are in backends/docker_binds.py.
+re-check right before a container starts, are in backends/docker/binds.py.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from typing import Any
 
 from backends import nvflare
 from backends.base import BackendError, DatasetSpec, InvalidJobSpec, LaunchSpec
-from backends.docker_binds import Pin, Root, exists_beneath, lexical, overlaps, pin, rebase, under, walk
-from backends.docker_specs import CONTAINER_ROOT, DEFAULT_SOCKETS, bind, check_user
+from backends.docker.binds import Pin, Root, exists_beneath, lexical, overlaps, pin, rebase, under, walk
+from backends.common import DOCKER_SOCKETS
+from backends.docker.config import check_user
+from backends.docker.specs import CONTAINER_ROOT, bind
 
 SHARED_FIELD = "job_args.parent_url"
 
@@ -62,7 +64,7 @@ def python_path_dirs(workspace: str, job_id: str, site: str) -> list[str]:
 
 def socket_paths(docker_host: str) -> set[str]:
     """Host paths of the Docker sockets this backend may be talking to, as written and resolved."""
-    candidates = [*DEFAULT_SOCKETS, docker_host, os.environ.get("DOCKER_HOST", "")]
+    candidates = [*DOCKER_SOCKETS, docker_host, os.environ.get("DOCKER_HOST", "")]
     paths = {c.removeprefix("unix://") for c in candidates if c and (c.startswith("unix://") or c.startswith("/"))}
     return paths | {os.path.realpath(p) for p in paths}
 

@@ -1,14 +1,16 @@
 """DockerBackend.prepare(): a JobRequest checked and resolved into a LaunchSpec (launch-semantics.md
 §2.1, §3). Validation and host path checks only; nothing here talks to the daemon. The pure pieces
-are in backends/docker_specs.py, the filesystem checks in backends/docker_mounts.py.
+are in backends/docker/specs.py and config.py, the filesystem checks in backends/docker/mounts.py.
 """
 
 from __future__ import annotations
 
 from backends import nvflare
 from backends.base import InvalidJobSpec, JobRequest, LaunchSpec, labels_for
-from backends.docker_binds import Root
-from backends.docker_mounts import (
+from backends.common import check_workspace_child, workload_name
+from backends.docker.binds import Root
+from backends.docker.config import DockerSiteConfig, check_container_kwargs, check_env
+from backends.docker.mounts import (
     check_job_dir,
     check_nested,
     dataset_mount,
@@ -17,14 +19,9 @@ from backends.docker_mounts import (
     shared_mount,
     workspace_dir,
 )
-from backends.docker_specs import (
+from backends.docker.specs import (
     CONTAINER_ROOT,
-    DockerSiteConfig,
-    check_container_kwargs,
-    check_env,
     check_job_options,
-    check_workspace_child,
-    container_name,
     merge_run_options,
     rewrite_parent_url,
     workspace_mounts,
@@ -70,7 +67,8 @@ def launch_spec_for(
         url, shared_dir = rewrite_parent_url(args["parent_url"][1], conn_sec, site)
         args["parent_url"] = (args["parent_url"][0], url)
     python_path = job.get("python_path") or config.default_python_path
-    command = nvflare.render_command(python_path, request.role, args, nvflare.check_set_options(request.set_options))
+    command = nvflare.job_command(request.command, python_path, request.role, args,
+                                   nvflare.check_set_options(request.set_options))
 
     workspace = workspace_dir(config.workspace)
     check_job_dir(workspace, job_id)
@@ -94,7 +92,7 @@ def launch_spec_for(
                                allow_host_ipc=config.allow_host_ipc)
         if study else {}
     )
-    name = container_name(site, job_id)
+    name = workload_name(site, job_id)
     workdir = f"{CONTAINER_ROOT}/{job_id}"
     labels = labels_for(site=backend_site, job_pk=request.job_pk, job_id=job_id, study=study.name if study else None)
     options = {

@@ -10,8 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from backends import k8s_manifests as km
 from backends.base import LABEL_JOB_PK, JobState, Observation, ReturnCode
+from backends.kubernetes import manifests as km
 
 
 # ---------------------------------------------------------------------------------------------
