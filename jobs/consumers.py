@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 from array import array
 
@@ -33,6 +32,7 @@ from django.conf import settings
 
 from jobs import events, selectors
 from jobs.models import Job, Site
+from jobs.payloads import dumps, loads, updates_text
 from jobs.services import resume
 from jobs.services.socket_access import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED, socket_access
 
@@ -67,6 +67,10 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
         self.heartbeat = asyncio.create_task(self._beat())
 
+    @classmethod
+    async def encode_json(cls, content) -> str:  # send_json (heartbeats, snapshots, log lines)
+        return dumps(content)
+
     async def _refuse(self, code: int) -> None:
         await self.accept()
         await self.close(code=code)
@@ -96,7 +100,7 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
         if self.group is None or not text_data:
             return
         try:
-            content = json.loads(text_data)
+            content = loads(text_data)
         except ValueError:
             return
         if isinstance(content, dict) and content.get("type") == "resume" and not self.resumed:
@@ -115,8 +119,8 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
             # The first catch-up looks back to `seq`: a change committed just after the answer was
             # read, whose push then got lost, is still sent.
             self.checked_before = min(self.checked_before, seq)
-        for message in reply.updates:
-            await self._forward(message)
+        for frame in reply.updates:
+            await self._send_frame(frame)
         self.answered = True
 
     def _fresh(self, pk: int, seq: int | None) -> bool:
@@ -129,18 +133,17 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
         return True
 
     async def _forward(self, message: dict) -> None:
-        # Live messages (jobs.events.publish_job) carry "id" and the pre-encoded "text"; resume
-        # replies (jobs.services.resume) carry the "job" payload itself.
-        pk = message["id"] if "id" in message else message["job"]["id"]
+        # A live job change (jobs.payloads.job_broadcast): its frame is already encoded ("text").
         seq = message.get("seq")
-        if "id" in message and seq is not None:
+        if seq is not None:
             self.live_seqs.append(seq)
-        if not self._fresh(pk, seq):
-            return
-        if "text" in message:
+        if self._fresh(message["id"], seq):
             await self.send(text_data=message["text"])
-        else:
-            await self.send_json({"type": "job.update", "job": message["job"], "seq": seq})
+
+    async def _send_frame(self, frame: dict) -> None:
+        # A job change found by resume or catch-up (jobs.payloads.job_frame), encoded here.
+        if self._fresh(frame["job"]["id"], frame["seq"]):
+            await self.send(text_data=dumps(frame))
 
     async def _forward_batch(self, updates: list[dict]) -> None:
         # One frame for the batch, joined from the pre-encoded updates (no JSON encoding here).
@@ -149,7 +152,7 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
         if len(texts) == 1:
             await self.send(text_data=texts[0])
         elif texts:
-            await self.send(text_data='{"type": "job.updates", "updates": [' + ", ".join(texts) + "]}")
+            await self.send(text_data=updates_text(texts))
 
     async def _beat(self) -> None:
         interval = settings.LAUNCHER_WS_HEARTBEAT_SECONDS
@@ -195,8 +198,8 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
         reply = await self.missed_after(since, until, received)
         self.live_seqs = array("q", (seq for seq in self.live_seqs if seq > until))
         self.checked_before, self.checked = self.checked, reply.last
-        for message in reply.updates:
-            await self._forward(message)
+        for frame in reply.updates:
+            await self._send_frame(frame)
 
     async def _send_snapshot(self, snapshot: dict) -> None:
         for job in snapshot["jobs"]:

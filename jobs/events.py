@@ -19,7 +19,6 @@ usual case, are never held back.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import threading
@@ -27,6 +26,8 @@ import threading
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
+
+from jobs.payloads import job_broadcast
 
 log = logging.getLogger(__name__)
 SEND_TIMEOUT = 5.0  # seconds one group_send may take before it is dropped
@@ -42,17 +43,10 @@ def site_group(site_name: str) -> str:
     return f"site.{site_name}"
 
 
-def job_message(job, seq: int | None) -> dict:
-    """The websocket payload of a job: the REST representation plus the sequence number."""
-    from jobs.api.serializers import JobSerializer
-
-    return {"type": "job.update", "job": JobSerializer(job).data, "seq": seq}
-
-
 def publish_job(job_pk: int, *, seq: int | None = None, job=None) -> None:
-    """Send the job's current REST payload to its job and site groups. Called after commit only
-    (jobs.services.lifecycle, jobs.services.submission); `job`: the row as just committed, when the
-    caller has it (a new job), which saves reading it back."""
+    """Send the job's current payload (jobs.payloads) to its job and site groups. Called after
+    commit only (jobs.services.lifecycle, jobs.services.submission); `job`: the row as just
+    committed, when the caller has it (a new job), which saves reading it back."""
     from jobs.models import Job
 
     if job is None:
@@ -62,8 +56,7 @@ def publish_job(job_pk: int, *, seq: int | None = None, job=None) -> None:
     # The browser's message is encoded once here rather than once per connected socket, and the group
     # message carries only what consumers route on: with hundreds of sockets per web process, the
     # per-socket decode and encode is what limits fan-out.
-    message = {"type": "job.update", "id": job.pk, "state": job.state, "seq": seq,
-               "text": json.dumps(job_message(job, seq))}
+    message = job_broadcast(job, seq)
     send(job_group(job.pk), message)
     send(site_group(job.site.name), message)
 

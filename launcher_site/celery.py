@@ -29,6 +29,15 @@ def broker_redelivery(sender, **kwargs):
 
 
 @worker_ready.connect
+def warm_up(sender, **kwargs):
+    # The first job payload resolves the URL configuration (~0.4 s): paid now, not on a worker's
+    # first push after a launch.
+    from jobs.payloads import job_url
+
+    job_url(0)
+
+
+@worker_ready.connect
 def reconcile_on_start(sender, **kwargs):
     # Start-up reconcile: whatever ended while no worker was running is recorded now, not a beat later.
     sender.app.send_task("jobs.tasks.sites_reconcile_task")

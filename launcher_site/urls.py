@@ -27,7 +27,8 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
-    path("api/v1/", include("jobs.api.urls")),
+    # Namespaced: the API's route names (`job-detail`, `study-detail`) are also the dashboard's.
+    path("api/v1/", include(("jobs.api.urls", "api"))),
     # Anything else under /api/ answers in the API's one JSON error shape, not an HTML page.
     re_path(r"^api/", api_not_found),
     path("", include("jobs.urls")),

@@ -34,6 +34,7 @@ from jobs.api.serializers import (
     JobSubmitterDetailSerializer,
 )
 from jobs.models import JobEvent
+from jobs.payloads import job_payload
 from jobs.services.audit import actor_label
 from jobs.services.cancellation import job_request_terminate
 from jobs.services.sites import site_backend
@@ -114,7 +115,7 @@ class JobViewSet(ApiMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
             on_created=lambda job: self.audit("job.launch", f"job:{job.pk}", {
                 "site": site.name, "job_id": job.job_id, "study": job.study, "role": job.role}),
         )
-        return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        return Response(job_payload(job), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     @extend_schema(request=None, parameters=[JOB_PK], responses={202: JobSerializer, **BACKEND_ERRORS})
     @action(detail=True, methods=["post"])
@@ -127,7 +128,7 @@ class JobViewSet(ApiMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
                 user=access.account_of(request), token=access.token_of(request)))
             if not was_terminal:
                 self.audit("job.terminate", f"job:{job.pk}", {"site": job.site.name, "job_id": job.job_id})
-        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+        return Response(job_payload(job), status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
         parameters=[JOB_PK, OpenApiParameter("after", AFTER_SCHEMA, description="Only events with a larger seq.")],

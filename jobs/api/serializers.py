@@ -1,4 +1,5 @@
-"""API input and output shapes. JobSerializer is also the websocket payload (jobs.events).
+"""API input and output shapes. The job serializers declare the job payload (jobs.payloads) for the
+schema and answer with it.
 
 Input serializers check what the schema declares for them: shapes, types, patterns, lengths and
 unknown keys (so anything the schema calls invalid is a 400 naming the field, whatever the site's
@@ -13,6 +14,14 @@ from rest_framework import serializers
 from backends import config_class, nvflare
 from jobs.api.filters import JOB_ID_PATTERN, NAME_PATTERN, SITE_NAME_PATTERN, optional
 from jobs.models import AuditEntry, Backend, Dataset, DatasetMode, Job, JobEvent, JobRole, Site, Study
+from jobs.payloads import (
+    JOB_DETAIL_FIELDS,
+    JOB_FIELDS,
+    JOB_SUBMITTER_DETAIL_FIELDS,
+    job_detail_payload,
+    job_payload,
+    job_url,
+)
 
 # job_meta keys accepted on launch: NVFlare's JobMetaKey values (nvflare/apis/job_def.py), which the
 # FL parent may pass through unchanged, plus the `byoc` marker (accepted and ignored: only the site
@@ -73,42 +82,34 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+# The job payload (jobs.payloads) as the schema declares it: the fields are declared here, for
+# drf-spectacular; the output is job_payload's, which every other reader of a job gets too (websocket
+# pushes, the long poll, resume). (Comments, not docstrings: a docstring is the schema's description.)
 class JobSerializer(serializers.ModelSerializer):
     site = serializers.SlugRelatedField(slug_field="name", read_only=True)
     url = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
-        fields = [
-            "id", "site", "job_id", "role", "study", "backend", "image", "handle", "state",
-            "return_code", "exit_code", "reason", "detail", "created_at", "started_at",
-            "finished_at", "url",
-        ]
+        fields = list(JOB_FIELDS)
         read_only_fields = fields
 
     def get_url(self, job: Job) -> str:
-        return f"/api/v1/jobs/{job.pk}/"
+        return job_url(job.pk)
 
-    @property
-    def _readable_fields(self):
-        # Building a ModelSerializer's fields (model introspection, deep copies) is two thirds of
-        # serialising a job, which happens for every answer and every push. These fields are
-        # read-only and keep nothing per instance, so one set per class, bound to a first instance
-        # of it, serves them all (a subclass builds its own).
-        cls = type(self)
-        fields = cls.__dict__.get("_shared_fields")
-        if fields is None:
-            fields = [field for field in cls().fields.values() if not field.write_only]
-            cls._shared_fields = fields
-        return fields
+    def to_representation(self, instance: Job) -> dict:
+        return job_payload(instance)
 
 
 class JobDetailSerializer(JobSerializer):
     """One job with what was asked (credentials were never stored) and the spec as launched (redacted)."""
 
     class Meta(JobSerializer.Meta):
-        fields = [*JobSerializer.Meta.fields, "job_meta", "job_args", "set_options", "spec", "updated_at"]
+        fields = list(JOB_DETAIL_FIELDS)
         read_only_fields = fields
+
+    def to_representation(self, instance: Job) -> dict:
+        return job_detail_payload(instance, spec=True)
 
 
 class JobSubmitterDetailSerializer(JobSerializer):
@@ -116,8 +117,11 @@ class JobSubmitterDetailSerializer(JobSerializer):
     which carries the site's configuration (study env values, host paths, mounts)."""
 
     class Meta(JobSerializer.Meta):
-        fields = [*JobSerializer.Meta.fields, "job_meta", "job_args", "set_options", "updated_at"]
+        fields = list(JOB_SUBMITTER_DETAIL_FIELDS)
         read_only_fields = fields
+
+    def to_representation(self, instance: Job) -> dict:
+        return job_detail_payload(instance, spec=False)
 
 
 @extend_schema_serializer(component_name="JobDetail")

@@ -6,13 +6,13 @@ reuse the API's own (TokenAuthentication with its failed-attempt throttle, then 
 database read runs on the shared, bounded thread pool (thread_sensitive=False), never on a
 per-request thread, so 100 waiters hold neither 100 busy threads nor 100 database connections. The database is checked after subscribing (no lost-update race) and again every
 few seconds, because the channel layer is at-most-once: a dropped message costs latency, never a
-wrong answer. Returns the job (JobSerializer) either way; the caller looks at `state`.
+wrong answer. Returns the job (jobs.payloads.job_payload, as GET /jobs/ lists it) either way; the
+caller looks at `state`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 
 from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
@@ -34,6 +34,7 @@ from jobs.api.filters import FiniteNumberQueryField, query
 from jobs.api.schema import JOB_PK_SCHEMA
 from jobs.api.serializers import JobSerializer
 from jobs.models import TERMINAL, Job
+from jobs.payloads import broadcast_frame, job_payload
 
 WAIT_MAX_SECONDS = 60  # the API's contract (the schema's maximum)
 WAIT_DEFAULT_SECONDS = 30
@@ -84,7 +85,7 @@ async def _wait_terminal(pk: int, timeout: float) -> dict | None:
                 message = receiver.result()
                 receiver = asyncio.ensure_future(layer.receive(channel))
                 if message.get("type") == "job.update" and "text" in message:
-                    latest = json.loads(message["text"])["job"]  # as jobs.events.publish_job sent it
+                    latest = broadcast_frame(message)["job"]  # as jobs.events.publish_job sent it
                 continue
             if loop.time() >= next_check:
                 latest = await _db(_payload)(pk)
@@ -118,12 +119,12 @@ def _authorised_payload(django_request, pk: int) -> dict:
     request = Request(django_request, authenticators=[TokenAuthentication(), SessionAuthentication()])
     if not request.user or not request.user.is_authenticated:
         raise exceptions.NotAuthenticated()
-    return JobSerializer(access.job_for(request, pk)).data
+    return job_payload(access.job_for(request, pk))
 
 
 def _payload(pk: int) -> dict | None:
     job = Job.objects.select_related("site").filter(pk=pk).first()
-    return JobSerializer(job).data if job is not None else None
+    return job_payload(job) if job is not None else None
 
 
 def _error_response(exc: exceptions.APIException, request) -> JsonResponse:

@@ -19,15 +19,16 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db.models import Max
 
-from jobs.api.serializers import JobSerializer
 from jobs.models import ACTIVE, Job, JobEvent, Site
+from jobs.payloads import job_frame, job_payload
 
 SNAPSHOT_RECENT_JOBS = 200  # a site snapshot holds every active job plus this many recent ones
 
 
 @dataclass
 class ResumeReply:
-    """Either `updates` (job.update messages, in order) or `snapshot` (a snapshot message)."""
+    """Either `updates` (job.update frames, jobs.payloads.job_frame, in order) or `snapshot` (a
+    snapshot message: the jobs' payloads and the latest seq)."""
 
     updates: list[dict] = field(default_factory=list)
     snapshot: dict | None = None
@@ -112,8 +113,7 @@ def _updates(jobs, since: int, known: Mapping[int, int], until: int | None = Non
     if not latest:
         return []
     changed = sorted(Job.objects.select_related("site").filter(pk__in=list(latest)), key=lambda job: latest[job.pk])
-    payloads = JobSerializer(changed, many=True).data  # one serializer for the lot, not one per job
-    return [{"type": "job.update", "job": payload, "seq": latest[job.pk]} for job, payload in zip(changed, payloads)]
+    return [job_frame(job, latest[job.pk]) for job in changed]
 
 
 def _site_snapshot(site: Site) -> list[Job]:
@@ -124,5 +124,5 @@ def _site_snapshot(site: Site) -> list[Job]:
 
 
 def _snapshot(jobs: list[Job], last: int) -> ResumeReply:
-    payload = list(JobSerializer(jobs, many=True).data)
-    return ResumeReply(snapshot={"type": "snapshot", "jobs": payload, "seq": last}, last=last)
+    snapshot = {"type": "snapshot", "jobs": [job_payload(job) for job in jobs], "seq": last}
+    return ResumeReply(snapshot=snapshot, last=last)
