@@ -83,7 +83,7 @@ def main() -> None:
 
         django.setup()
         from jobs.models import Job, Site
-        from jobs.services.lifecycle import job_observe
+        from jobs.services.lifecycle import job_observe, verdict
 
         site = Site.objects.create(name="site-1", backend="process")
         updates = int(args.rate * args.seconds)
@@ -122,7 +122,7 @@ def main() -> None:
             if delay > 0:
                 time.sleep(delay)
             sent[(pk, state)] = time.time()
-            job_observe(job_pk=pk, state=state, source="watcher")
+            job_observe(pk, verdict(state), source="watcher")
         elapsed = time.time() - started
         for spy in spies:
             spy.wait(60)

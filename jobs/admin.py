@@ -1,5 +1,5 @@
-"""Django admin: configuration is editable here; job state is read-only (it changes only through
-jobs.services.lifecycle.job_observe)."""
+"""Django admin: configuration is editable here; job state is read-only (jobs are written only by
+jobs.services.lifecycle: job_create, job_observe, job_note)."""
 
 from django import forms
 from django.contrib import admin

@@ -1,5 +1,5 @@
-"""Data and invariants only. Behaviour lives in jobs/services/; every state change goes through
-jobs.services.lifecycle.job_observe."""
+"""Data and invariants only. Behaviour lives in jobs/services/; jobs and their events are written
+only by jobs.services.lifecycle (job_create, job_observe, job_note)."""
 
 from __future__ import annotations
 
@@ -162,6 +162,9 @@ class Job(models.Model):
     job_args = models.JSONField(default=dict, blank=True)
     set_options = models.JSONField(default=list, blank=True)
     spec = models.JSONField(null=True, blank=True)
+    # The launch request as built at submit (jobs.services.requests): credentials and study data
+    # excluded, both supplied again at launch. None for jobs recorded before it was kept.
+    request = models.JSONField(null=True, blank=True, editable=False)
     submitted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     submitted_by_token = models.ForeignKey("ApiToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

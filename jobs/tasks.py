@@ -29,21 +29,21 @@ def job_launch_task(self, job_pk: int, sealed_credentials: str) -> None:
     """`sealed_credentials`: jobs.services.sealing.credentials_seal() of the job's credential args."""
     from backends.base import JobState
     from jobs.services.launching import job_launch
-    from jobs.services.lifecycle import job_observe
+    from jobs.services.lifecycle import job_observe, verdict
     from jobs.services.sealing import SealBroken, credentials_unseal
 
     try:
         credentials = credentials_unseal(sealed_credentials)
     except SealBroken as exc:
-        job_observe(job_pk=job_pk, state=JobState.LAUNCH_FAILED, source="worker", reason="CredentialsUnreadable",
-                    message=str(exc))
+        job_observe(job_pk, verdict(JobState.LAUNCH_FAILED, reason="CredentialsUnreadable", message=str(exc)),
+                    source="worker")
         return
     try:
         job_launch(job_pk=job_pk, credentials=credentials)
     except BackendError as exc:  # job_launch lets only retryable errors out
         if self.request.retries >= self.max_retries:
-            job_observe(job_pk=job_pk, state=JobState.LAUNCH_FAILED, source="worker", reason="BackendUnavailable",
-                        message=f"gave up after {self.request.retries} retries: {exc}")
+            job_observe(job_pk, verdict(JobState.LAUNCH_FAILED, reason="BackendUnavailable",
+                                        message=f"gave up after {self.request.retries} retries: {exc}"), source="worker")
             return
         raise self.retry(exc=exc, countdown=_countdown(self.request.retries))
 

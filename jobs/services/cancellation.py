@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from django.db import transaction
-from django.utils import timezone
 
 from backends.base import JobState
 from jobs.models import Job
-from jobs.services.lifecycle import job_observe
+from jobs.services.lifecycle import job_note, job_observe, verdict
 
 
 def job_request_terminate(*, job: Job, source: str = "api", requested_by: str = "") -> Job:
@@ -17,16 +16,14 @@ def job_request_terminate(*, job: Job, source: str = "api", requested_by: str = 
     if job.is_terminal:
         return job
     if job.state == JobState.QUEUED and not job.handle:
-        job, _ = job_observe(job_pk=job.pk, state=JobState.ABORTED, source=source,
-                             message=f"terminated before launch{_by(requested_by)}")
+        job, _ = job_observe(job, verdict(JobState.ABORTED, message=f"terminated before launch{_by(requested_by)}"),
+                             source=source)
         return job
     from jobs.tasks import job_terminate_task
 
-    Job.objects.filter(pk=job.pk, terminate_requested_at__isnull=True).update(terminate_requested_at=timezone.now())
+    job, _ = job_note(job, source=source, terminate_requested=True, message=f"termination requested{_by(requested_by)}")
     job_pk = job.pk
     transaction.on_commit(lambda: job_terminate_task.delay(job_pk))
-    job, _ = job_observe(job_pk=job.pk, state=job.state, source=source, note_only=True,
-                         message=f"termination requested{_by(requested_by)}")
     return job
 
 

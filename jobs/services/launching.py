@@ -1,10 +1,13 @@
 """Launch, terminate and observe jobs through their site's backend.
 
-Backend calls happen outside any transaction; each outcome is recorded through job_observe.
+Backend calls happen outside any transaction; each outcome is recorded through the lifecycle door
+(job_observe, job_note). The request launched is the one stored at submit (jobs.services.requests),
+with the credentials from the launch task's sealed message and the study data read now.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import queue
@@ -16,9 +19,9 @@ from django.db import connection, transaction
 
 from backends.base import BackendError, Handle, InvalidJobSpec, JobState, Observation
 from jobs.models import Job
-from jobs.services.lifecycle import job_observe, job_save_logs_tail
+from jobs.services.lifecycle import job_note, job_observe, verdict
+from jobs.services.requests import request_to_launch
 from jobs.services.sites import site_backend
-from jobs.services.submission import job_request_for
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +37,16 @@ def job_launch(*, job_pk: int, credentials: dict[str, Any]) -> Job | None:
         return job
     backend = site_backend(job.site)
     try:
-        spec = backend.prepare(job_request_for(job, credentials=credentials))
+        spec = backend.prepare(request_to_launch(job, credentials=credentials))
         handle = backend.launch(spec)
     except BackendError as exc:
         if exc.retryable:
             raise
         reason = "InvalidSpec" if isinstance(exc, InvalidJobSpec) else "LaunchError"
-        job, _ = job_observe(job_pk=job_pk, state=JobState.LAUNCH_FAILED, source="worker", message=str(exc), reason=reason)
+        job, _ = job_observe(job, verdict(JobState.LAUNCH_FAILED, message=str(exc), reason=reason), source="worker")
         return job
-    job, _ = job_observe(
-        job_pk=job_pk, state=JobState.STARTING, source="worker", message=f"{backend.kind} workload {handle.ref} created",
-        handle=handle.as_dict(), spec=spec.redacted(), image=spec.image,
-    )
+    created = Observation(ref=handle.ref, state=JobState.STARTING, message=f"{backend.kind} workload {handle.ref} created")
+    job, _ = job_observe(job, created, source="worker", launched=spec)
     if job.is_terminal:  # terminated (or lost) while we were launching: do not leave it running
         return job_apply_observation(backend.terminate(handle), source="worker", job=job)
     # The watcher normally reports what follows; inspecting once closes the gap for a fast job.
@@ -59,39 +60,29 @@ def job_terminate(*, job_pk: int) -> Job | None:
     if job is None or job.is_terminal:
         return job
     if not job.handle:
-        job, _ = job_observe(job_pk=job_pk, state=JobState.ABORTED, source="worker", message="terminated before launch")
+        job, _ = job_observe(job, verdict(JobState.ABORTED, message="terminated before launch"), source="worker")
         return job
     backend = site_backend(job.site)
     observation = backend.terminate(Handle(**job.handle))  # a workload already gone answers aborted (9)
-    return job_apply_observation(observation, source="worker", job=job, terminated=True)
+    if observation.state.is_terminal and not observation.message:
+        observation = dataclasses.replace(observation, message="terminated on request")
+    return job_apply_observation(observation, source="worker", job=job)
 
 
 def job_apply_observation(
-    observation: Observation, *, source: str, job: Job | None = None, terminated: bool = False,
-    site_pk: int | None = None,
+    observation: Observation, *, source: str, job: Job | None = None, site_pk: int | None = None,
 ) -> Job | None:
-    """Record what a backend saw. After a terminal state has committed, the workload's logs tail is
-    saved (when the observation carried none) and then the workload is removed, off this thread.
-    Without `job`, the job is found by the workload's label (restricted to `site_pk` when given);
-    None when no job claims it."""
+    """Record what a backend saw (job_observe). After a terminal state has committed, the
+    workload's logs tail is saved (when the observation carried none) and then the workload is
+    removed, off this thread. Without `job`, the job is found by the workload's label (restricted
+    to `site_pk` when given); None when no job claims it."""
     if job is None:
         job = _job_for(observation, site_pk)
         if job is None:
             return None
-    if observation.kind == "event":
-        job, _ = job_observe(job_pk=job.pk, state=job.state, source=source, message=observation.message, note_only=True)
+    job, _ = job_observe(job, observation, source=source)
+    if observation.kind != "state":
         return job
-    message = observation.message
-    if terminated and observation.state.is_terminal:
-        message = message or "terminated on request"
-    job, _ = job_observe(
-        job_pk=job.pk, state=observation.state, source=source, message=message,
-        return_code=observation.return_code, exit_code=observation.exit_code, reason=observation.reason,
-        logs_tail=_trim(observation.logs_tail),
-        # A workload seen before its launch was recorded (a worker killed mid-launch) is adopted,
-        # so that terminate, logs and cleanup can still reach it.
-        handle=Handle(job.backend or job.site.backend, observation.ref).as_dict() if observation.ref else None,
-    )
     if job.is_terminal and job.handle and observation.state.is_terminal and observation.state is not JobState.LOST:
         # The state is recorded (and pushed) first; reading the logs tail is an engine call that
         # must not delay it. The tail is saved next, then the workload is removed.
@@ -108,13 +99,6 @@ def _job_for(observation: Observation, site_pk: int | None = None) -> Job | None
             jobs = jobs.filter(site_id=site_pk)
         return jobs.first()
     return None
-
-
-def _trim(logs: str | None) -> str | None:
-    if logs is None:
-        return None
-    lines = logs.splitlines()
-    return "\n".join(lines[-settings.LAUNCHER_LOGS_TAIL_LINES:])
 
 
 class _Finisher:
@@ -156,7 +140,7 @@ class _Finisher:
 
     def _save_tail(self, backend, handle: Handle, job_pk: int) -> None:
         try:
-            job_save_logs_tail(job_pk=job_pk, logs_tail=backend.logs(handle, tail=settings.LAUNCHER_LOGS_TAIL_LINES))
+            job_note(job_pk, source="worker", logs_tail=backend.logs(handle, tail=settings.LAUNCHER_LOGS_TAIL_LINES))
         except Exception:  # removing it anyway would lose the output: reconcile saves the tail, then removes
             log.warning("could not save the logs tail of %s; reconcile will retry", handle.ref, exc_info=True)
             return

@@ -1,18 +1,27 @@
-"""The one door: `job_observe` is the only code that changes a job's state."""
+"""The one door: `job_create`, `job_observe` and `job_note` are the only code that writes a job or
+its events (tests/live/test_one_door.py keeps it so).
+
+- job_create: the row, its first event ("queued"), any notes, and the publish after commit.
+- job_observe: what was seen of a job's workload (an Observation, from a backend or the
+  launcher's own `verdict`): forward-only state changes, one JobEvent each, published after commit.
+- job_note: what is not a state change: a timeline note, the logs tail saved after an exit, a
+  terminate request.
+"""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from backends.base import JobState, ReturnCode
+from backends.base import Handle, JobState, LaunchSpec, Observation, ReturnCode
 from backends.logtail import cap_tail
 from jobs import events
-from jobs.models import EventSource, Job, JobEvent
+from jobs.models import EventSource, Job, JobEvent, Site
 
 # Forward-only: a job may only move to a state of higher rank. All terminal states share the top
 # rank, so the first terminal state sticks and later ones are ignored.
@@ -36,52 +45,63 @@ DEFAULT_RETURN_CODE = {
 }
 
 
+def verdict(state: JobState | str, *, message: str = "", reason: str = "", return_code: int | None = None,
+            exit_code: int | None = None, logs_tail: str | None = None) -> Observation:
+    """An observation the launcher makes itself, of no workload (launch failed, aborted before
+    launch, vanished...): no ref, so it adopts no handle."""
+    return Observation(ref="", state=JobState(state), message=message, reason=reason, return_code=return_code,
+                       exit_code=exit_code, logs_tail=logs_tail)
+
+
+def job_create(
+    *, site: Site, job_id: str, source: str, message: str, notes: Iterable[str] = (), **fields: Any,
+) -> Job:
+    """Record a new job (queued) with its first event and any `notes`, and publish it after commit.
+    `fields`: the Job columns known at submit (role, study, image, backend, workload, job_meta,
+    job_args, set_options, request, submitted_by, submitted_by_token). Raises IntegrityError (in a
+    savepoint, so the caller's transaction stays usable) when (site, job_id) or the workload name
+    is taken."""
+    _check_source(source)
+    with transaction.atomic():
+        job = Job.objects.create(site=site, job_id=job_id, **fields)
+        event = JobEvent.objects.create(job=job, from_state="", to_state=JobState.QUEUED, source=source,
+                                        message=message)
+        for note in notes:
+            JobEvent.objects.create(job=job, from_state=JobState.QUEUED, to_state=JobState.QUEUED, source=source,
+                                    message=note)
+        _publish_after_commit(job, event)
+    return job
+
+
 def job_observe(
-    *,
-    job_pk: int,
-    state: JobState | str,
-    source: str,
-    message: str = "",
-    note_only: bool = False,
-    return_code: int | None = None,
-    exit_code: int | None = None,
-    reason: str = "",
-    logs_tail: str | None = None,
-    handle: dict[str, Any] | None = None,
-    spec: dict[str, Any] | None = None,
-    image: str | None = None,
+    job: Job | int, observation: Observation, *, source: str, launched: LaunchSpec | None = None,
 ) -> tuple[Job, bool]:
     """Apply one observation to a job and return (job, changed).
 
     A forward move changes the state, writes one JobEvent and, after commit, publishes the job to its
     channel-layer groups. Duplicate, backward or post-terminal observations change nothing (apart from
-    filling in a missing handle/spec/logs tail). `note_only` records a timeline note without a state
-    change (an image pull, a pending reason), skipping an exact repeat of the previous note.
+    filling in a missing handle/spec/logs tail). An observation of kind "event" is a note (job_note).
+    `launched`: the spec the workload was launched from (kept, credentials redacted, with its image).
+    A workload seen before its launch was recorded (a worker killed mid-launch) is adopted through
+    the observation's ref, so that terminate, logs and cleanup can still reach it.
     Row-locked (SELECT ... FOR UPDATE on PostgreSQL; SQLite's immediate transactions serialise
     writers), so two writers cannot interleave. Safe to call from any thread or process. Sources:
     api, worker, watcher, reconcile (admin for manual fixes). Raises Job.DoesNotExist, ValueError.
     """
-    new = JobState(state)
+    if observation.kind == "event":
+        return job_note(job, source=source, message=observation.message)
+    new = JobState(observation.state)
+    _check_source(source)
+    message, return_code = observation.message, observation.return_code
+    logs_tail = _trim(observation.logs_tail)
     if logs_tail:  # every kept tail: LAUNCHER_LOGS_TAIL_LINES lines within LAUNCHER_LOGS_TAIL_BYTES
         logs_tail = cap_tail(logs_tail, lines=settings.LAUNCHER_LOGS_TAIL_LINES or None)
-    if source not in EventSource.values:
-        raise ValueError(f"unknown event source {source!r}; expected one of {', '.join(EventSource.values)}")
     with transaction.atomic():  # SQLite: an IMMEDIATE transaction, which serialises writers like the row lock
-        # of=("self",): lock the job row only, not its site (read along for the published payload).
-        job = Job.objects.select_related("site").select_for_update(of=("self",)).get(pk=job_pk)
+        job = _locked(job)
         current = JobState(job.state)
-        dirty = _fill_missing(job, handle=handle, spec=spec, image=image, logs_tail=logs_tail)
-
-        if note_only:
-            last = job.events.order_by("-id").first()
-            if last is not None and last.message == message:
-                if dirty:
-                    job.save()
-                return job, False
-            event = JobEvent.objects.create(job=job, from_state=current, to_state=current, message=message, source=source)
-            job.save()  # bumps updated_at so lists show the note's time
-            _publish_after_commit(job, event)
-            return job, True
+        handle = Handle(job.backend or job.site.backend, observation.ref).as_dict() if observation.ref else None
+        dirty = _fill_missing(job, handle=handle, logs_tail=logs_tail,
+                              spec=launched.redacted() if launched else None, image=launched.image if launched else None)
 
         if current.is_terminal or RANK[new] <= RANK[current]:
             if dirty:
@@ -100,17 +120,75 @@ def job_observe(
         if new.is_terminal:
             job.finished_at = now
             job.return_code = int(return_code if return_code is not None else DEFAULT_RETURN_CODE[new])
-            job.exit_code = exit_code
+            job.exit_code = observation.exit_code
             if logs_tail is not None:
                 job.logs_tail = logs_tail
-        if reason:
-            job.reason = reason[:200]
+        if observation.reason:
+            job.reason = observation.reason[:200]
         if message:
             job.detail = message
         job.save()
         event = JobEvent.objects.create(job=job, from_state=current, to_state=new, message=message, source=source)
         _publish_after_commit(job, event)
         return job, True
+
+
+def job_note(
+    job: Job | int, *, source: str, message: str = "", logs_tail: str | None = None,
+    terminate_requested: bool = False,
+) -> tuple[Job, bool]:
+    """Record what is not a state change; returns (job, changed).
+
+    `message`: a timeline note (an image pull, a pending reason, a terminate request), skipping an
+    exact repeat of the previous note. `logs_tail`: a finished job's output, kept when the job has
+    none yet (watchers record an exit first and read its tail afterwards; the job's page is told to
+    reload the saved tail; no JobEvent). `terminate_requested`: stamp the request (kept from the
+    first), so that an exit observed afterwards counts as aborted.
+    """
+    _check_source(source)
+    if logs_tail:
+        logs_tail = cap_tail(logs_tail, lines=settings.LAUNCHER_LOGS_TAIL_LINES or None, final_newline=False)
+    with transaction.atomic():
+        job = _locked(job)
+        changed = dirty = False
+        if terminate_requested and job.terminate_requested_at is None:
+            job.terminate_requested_at = timezone.now()
+            dirty = True
+        if logs_tail and not job.logs_tail:
+            job.logs_tail = logs_tail
+            dirty = changed = True
+            job_pk = job.pk
+            transaction.on_commit(lambda: events.publish_logs_saved(job_pk))
+        event = None
+        if message:
+            last = job.events.order_by("-id").first()
+            if last is None or last.message != message:
+                event = JobEvent.objects.create(job=job, from_state=job.state, to_state=job.state, message=message,
+                                                source=source)
+                dirty = changed = True  # saving bumps updated_at, so lists show the note's time
+        if dirty:
+            job.save()
+        if event is not None:
+            _publish_after_commit(job, event)
+        return job, changed
+
+
+def _check_source(source: str) -> None:
+    if source not in EventSource.values:
+        raise ValueError(f"unknown event source {source!r}; expected one of {', '.join(EventSource.values)}")
+
+
+def _locked(job: Job | int) -> Job:
+    # of=("self",): lock the job row only, not its site (read along for the published payload).
+    pk = job if isinstance(job, int) else job.pk
+    return Job.objects.select_related("site").select_for_update(of=("self",)).get(pk=pk)
+
+
+def _trim(logs: str | None) -> str | None:
+    if logs is None:
+        return None
+    lines = logs.splitlines()
+    return "\n".join(lines[-settings.LAUNCHER_LOGS_TAIL_LINES:])
 
 
 def _fill_missing(job: Job, **values: Any) -> bool:
@@ -129,18 +207,3 @@ def _publish_after_commit(job: Job, event: JobEvent) -> None:
     # does not read it back.
     committed, event_id = copy.copy(job), event.pk
     transaction.on_commit(lambda: events.publish_job(committed.pk, seq=event_id, job=committed))
-
-
-def job_save_logs_tail(*, job_pk: int, logs_tail: str | None) -> bool:
-    """Keep a finished job's logs tail when it has none yet (not a state change, so no JobEvent).
-    Watchers record an exit first and read its tail afterwards; the job's page is told to reload
-    the saved tail. Returns whether it was saved."""
-    if not logs_tail:
-        return False
-    logs_tail = cap_tail(logs_tail, lines=settings.LAUNCHER_LOGS_TAIL_LINES or None, final_newline=False)
-    if not logs_tail:
-        return False
-    saved = bool(Job.objects.filter(pk=job_pk, logs_tail="").update(logs_tail=logs_tail))
-    if saved:
-        events.publish_logs_saved(job_pk)
-    return saved

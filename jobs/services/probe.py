@@ -1,31 +1,29 @@
 """site_probe: the "test launch" of the site settings page.
 
-Runs a harmless job through the site's real backend with one study's datasets, and reports which
+An ordinary submit: a harmless job through the site's real backend with one study's datasets, with
+the launcher's declared command override (JobRequest.command) in place of NVFlare's command. The
+launch task launches it like any other job, the watcher records its end, and its page (the job
+page) watches the row like any other job's. `probe_report` reads from the saved logs tail which
 /data/<study>/<dataset> paths the job saw and whether it could write to each. The job is recorded
-like any other (job id "probe-..."), so it shows in the site's history; its state changes go
-through job_observe like every other job.
+like any other (job id "probe-..."), so it shows in the site's history.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.db import transaction
 
-from backends import workload_name
-from backends.base import BackendError, Handle, JobRequest, JobState
-from backends.nvflare import JOB_MODULES  # the command is replaced below; this only passes prepare
-from jobs import events
-from jobs.models import Job, JobEvent, Site
-from jobs.services.launching import job_apply_observation
-from jobs.services.lifecycle import job_observe
+from backends.base import DatasetSpec, JobRequest, JobState
+from backends.nvflare import JOB_MODULES  # the command is replaced; NVFlare's args still pass prepare
+from jobs.models import Job, Site
 from jobs.services.sites import site_backend, study_runtime
+from jobs.services.submission import job_submit
 
-PROBE_TIMEOUT = 60.0  # seconds the page waits for the probe to finish; the job is aborted after it
+PROBE_TIMEOUT = 60.0  # seconds a probe may run; it is terminated (aborted) after it
 MARK = "PROBE-MOUNT"
 
 # Containers: list every /data/<study>/<dataset> and try to create (then remove) a file in each.
@@ -61,76 +59,67 @@ class ProbeResult:
     modes_enforced: bool = True  # False for local processes: "ro" is not enforced on the host
 
     @property
+    def done(self) -> bool:
+        """Ended, and its output saved (a watcher saves the tail just after it records the exit)."""
+        return self.job.is_terminal and (bool(self.job.logs_tail) or self.job.state != JobState.SUCCEEDED)
+
+    @property
     def ok(self) -> bool:
         modes_right = not self.modes_enforced or all(m.expected in ("", m.mode) for m in self.mounts)
         return self.job.state == JobState.SUCCEEDED and not self.missing and modes_right
 
 
-def site_probe(*, site: Site, study: str, image: str = "", requested_by=None, timeout: float = PROBE_TIMEOUT) -> ProbeResult:
-    """Launch the probe, wait (at most `timeout` seconds) for it to end, and report what it saw.
+def site_probe(*, site: Site, study: str, image: str = "", requested_by=None,
+               on_created: Callable[[Job], None] | None = None) -> Job:
+    """Submit the probe and return its job (queued; the launch task launches it after commit).
 
     Raises InvalidJobSpec (nothing recorded) when the site cannot launch it, e.g. no image.
-    A backend failure after the job is recorded ends the job as launch_failed, as for any job.
+    A backend failure at launch ends the job as launch_failed, as for any job.
     """
-    backend = site_backend(site)
-    runtime = study_runtime(site, study)
     job_id = f"probe-{uuid.uuid4().hex[:12]}"
     mode = {"docker": "docker", "kubernetes": "k8s", "process": "process"}[site.backend]
     job_meta = {"study": study} if study else {}
     if image and site.backend != "process":
         job_meta["launcher_spec"] = {site.name: {mode: {"image": image}}}
-    request = JobRequest(site=site.name, job_pk="0", job_id=job_id, job_meta=job_meta,
-                         job_args={"exe_module": ["-m", JOB_MODULES["client"]], "job_id": ["-n", job_id]}, study=runtime)
-    backend.prepare(request)  # InvalidJobSpec before anything is recorded
-
-    with transaction.atomic():
-        job = Job.objects.create(site=site, job_id=job_id, study=study, backend=site.backend, job_meta=job_meta,
-                                 workload=workload_name(site.backend, site.name, job_id), submitted_by=requested_by)
-        event = JobEvent.objects.create(job=job, from_state="", to_state=JobState.QUEUED, source="admin",
-                                        message="test launch from the site settings page")
-        job_pk, seq = job.pk, event.pk
-        transaction.on_commit(lambda: events.publish_job(job_pk, seq=seq))
-
-    spec = backend.prepare(dataclasses.replace(request, job_pk=str(job.pk)))
-    command = ("sh", "-c", SHELL_PROBE) if site.backend != "process" else (spec.command[0], "-c", PYTHON_PROBE)
-    options = dict(spec.options)
-    if "command" in options:
-        options["command"] = list(command)
-    spec = dataclasses.replace(spec, command=command, options=options)
-    try:
-        handle = backend.launch(spec)
-    except BackendError as exc:
-        job, _ = job_observe(job_pk=job.pk, state=JobState.LAUNCH_FAILED, source="admin", message=str(exc),
-                             reason="LaunchError")
-        return ProbeResult(job=job, output=str(exc))
-    job, _ = job_observe(job_pk=job.pk, state=JobState.STARTING, source="admin", handle=handle.as_dict(),
-                         spec=spec.redacted(), image=spec.image, message=f"{backend.kind} probe {handle.ref} created")
-    job = _wait_for_end(job, backend, handle, timeout)
-    return _result(job, runtime)
+    job_args = {"exe_module": ["-m", JOB_MODULES["client"]], "job_id": ["-n", job_id]}
+    if site.backend == "process":
+        # argv[0] is not implied: the site's python, as NVFlare's command would run it.
+        nvflare_command = site_backend(site).prepare(
+            JobRequest(site=site.name, job_pk="0", job_id=job_id, job_meta=job_meta, job_args=job_args)).command
+        command = (nvflare_command[0], "-c", PYTHON_PROBE)
+    else:
+        command = ("sh", "-c", SHELL_PROBE)
+    job, _ = job_submit(site=site, job_id=job_id, job_meta=job_meta, job_args=job_args, submitted_by=requested_by,
+                        source="admin", on_created=on_created, command=command,
+                        message="test launch from the site settings page")
+    transaction.on_commit(lambda: _limit(job.pk))
+    return job
 
 
-def _wait_for_end(job: Job, backend, handle: Handle, timeout: float) -> Job:
-    # A one-shot, bounded wait: the probe ends within a second or two on a healthy site. The site's
-    # watcher may record the end first; then the job row already says so.
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while True:
-        job.refresh_from_db()
-        if job.is_terminal:
-            return job
-        observation = backend.inspect(handle)
-        if observation.state.is_terminal or observation.state is JobState.LOST:
-            return job_apply_observation(observation, source="admin", job=job) or job
-        if time.monotonic() > deadline:
-            observation = backend.terminate(handle)
-            return job_apply_observation(observation, source="admin", job=job, terminated=True) or job
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+def _limit(job_pk: int) -> None:
+    from jobs.tasks import job_terminate_task  # tasks import the services
+
+    # A probe ends within a second or two on a healthy site; one that hangs is aborted.
+    job_terminate_task.apply_async(args=[job_pk], countdown=PROBE_TIMEOUT)
 
 
-def _result(job: Job, runtime) -> ProbeResult:
+def is_probe(job: Job) -> bool:
+    """Only the launcher's probe runs a declared command override (a submitter cannot)."""
+    return bool(job.request and job.request.get("command"))
+
+
+def probe_report(job: Job) -> ProbeResult | None:
+    """What a probe job saw, from its saved logs tail; None for any other job."""
+    if not is_probe(job):
+        return None
+    if job.spec and job.spec.get("datasets") is not None:  # what it was launched with
+        datasets = [DatasetSpec(study=ds["study"], name=ds["name"], source=ds["source"], mode=ds["mode"])
+                    for ds in job.spec["datasets"]]
+    else:
+        runtime = study_runtime(job.site, job.study)
+        datasets = list(runtime.datasets) if runtime else []
     expected = {}
-    for ds in runtime.datasets if runtime else ():
+    for ds in datasets:
         expected[ds.mount_path] = (ds.mode, ds.name)
         expected[ds.source] = (ds.mode, ds.name)
         expected[os.path.realpath(ds.source)] = (ds.mode, ds.name)
@@ -141,6 +130,6 @@ def _result(job: Job, runtime) -> ProbeResult:
             mode, name = expected.get(parts[1], ("", ""))
             mounts.append(ProbeMount(path=parts[1], mode=parts[2], expected=mode, dataset=name))
     seen = {m.dataset for m in mounts}
-    missing = [ds.name for ds in (runtime.datasets if runtime else ()) if ds.name not in seen]
+    missing = [ds.name for ds in datasets if ds.name not in seen]
     return ProbeResult(job=job, mounts=mounts, output=job.logs_tail or job.detail, missing=missing,
                        modes_enforced=job.backend != "process")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from backends.base import BackendError, Handle, JobState
 from jobs.models import ACTIVE, Job, OrphanWorkload, Site
 from jobs.services.launching import job_apply_observation
-from jobs.services.lifecycle import job_observe, job_save_logs_tail
+from jobs.services.lifecycle import job_note, job_observe, verdict
 from jobs.services.sites import site_backend
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def site_reconcile(*, site: Site) -> ReconcileReport:
     managed workload no job claims -> recorded as an orphan (never deleted); a workload of a job
     whose launch was never recorded -> adopted; a workload still running for a job that already
     ended (terminated before launch completed) -> terminated. Idempotent, and safe beside the
-    watcher and the workers: every change goes through job_observe, which locks the job row.
+    watcher and the workers: every change goes through the lifecycle door, which locks the job row.
     Raises BackendError when the backend cannot be reached."""
     backend = site_backend(site)
     report = ReconcileReport(site=site.name)
@@ -43,8 +43,9 @@ def site_reconcile(*, site: Site) -> ReconcileReport:
             Handle(**job.handle), terminate_requested=job.terminate_requested_at is not None)
         before = job.state
         if observation.state is JobState.LOST:
-            job, _ = job_observe(job_pk=job.pk, state=JobState.LOST, source="reconcile", reason="vanished",
-                                       message=f"{ref} no longer exists and no exit was recorded")
+            job, _ = job_observe(job, verdict(JobState.LOST, reason="vanished",
+                                              message=f"{ref} no longer exists and no exit was recorded"),
+                                 source="reconcile")
         else:
             job = job_apply_observation(observation, source="reconcile", job=job)
         if job and job.state != before:
@@ -79,7 +80,7 @@ def _settle_leftover(backend, job: Job, observation) -> None:
     running one), then remove it."""
     handle = Handle(backend=backend.kind, ref=observation.ref)
     if observation.state.is_terminal and not job.logs_tail:  # its recorder died before saving the tail
-        job_save_logs_tail(job_pk=job.pk, logs_tail=observation.logs_tail)
+        job_note(job, source="reconcile", logs_tail=observation.logs_tail)
     try:
         if not observation.state.is_terminal:
             backend.terminate(handle)

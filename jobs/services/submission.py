@@ -1,4 +1,5 @@
-"""job_submit: validate a launch request, record the job once, and launch it after commit."""
+"""job_submit: validate a launch request, record the job and its request once, and launch it after
+commit."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from django.utils import timezone
 
 from backends import nvflare
 from backends.base import InvalidJobSpec, JobRequest, JobState
-from jobs import events
-from jobs.models import Job, JobEvent, Site
+from jobs.models import Job, Site
+from jobs.services.lifecycle import job_create
+from jobs.services.requests import CREDENTIAL_ARGS, request_to_store
 from jobs.services.sites import site_backend, study_runtime
 
-CREDENTIAL_ARGS = tuple(nvflare.CREDENTIAL_ENV)
 REDACTED = "***"
 
 
@@ -33,24 +34,6 @@ def split_credentials(job_args: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     return stored, credentials
 
 
-def job_request_for(job: Job, *, credentials: dict[str, Any] | None = None) -> JobRequest:
-    job_args = dict(job.job_args)
-    for name in CREDENTIAL_ARGS:
-        job_args.pop(name, None)
-    job_args.update(credentials or {})
-    return JobRequest(
-        site=job.site.name,
-        job_pk=str(job.pk),
-        job_id=job.job_id,
-        role=job.role,
-        job_meta=job.job_meta,
-        job_args=job_args,
-        set_options=tuple(job.set_options or ()),
-        study=study_runtime(job.site, job.study),
-        byoc=bool(job.job_meta.get("byoc")),  # kept only when the FL parent itself submitted (below)
-    )
-
-
 def job_submit(
     *,
     site: Site,
@@ -63,11 +46,15 @@ def job_submit(
     submitted_by_token=None,
     source: str = "api",
     on_created: Callable[[Job], None] | None = None,
+    command: tuple[str, ...] | None = None,
+    message: str = "",
 ) -> tuple[Job, bool]:
     """Return (job, created). The same (site, job_id) again returns the existing job and launches
     nothing, also under concurrent submits (the unique constraint decides the winner).
     `on_created(job)` runs in the transaction that records a new job (the API's audit entry), so
-    that a submit is one transaction, not a savepoint within the caller's.
+    that a submit is one transaction, not a savepoint within the caller's. `command`: the
+    launcher's own declared command override (JobRequest.command, the site probe), never a
+    submitter's. `message`: the first timeline entry, instead of who submitted it.
 
     Raises InvalidJobSpec naming the field; then nothing is stored and nothing launched.
     """
@@ -75,32 +62,28 @@ def job_submit(
     # usual case) costs no lookup, a resubmit costs a failed insert.
     try:
         prepared = _prepare(site=site, job_id=job_id, role=role, job_meta=job_meta, job_args=job_args,
-                            set_options=set_options, submitted_by_token=submitted_by_token)
+                            set_options=set_options, submitted_by_token=submitted_by_token, command=command)
     except InvalidJobSpec:
         existing = _resubmitted(site, job_id, job_args)  # recorded before the site's settings changed
         if existing is None:
             raise
         return existing, False
-    meta, study, options, probe, spec = prepared
+    meta, study, options, request, spec = prepared
     stored_args, credentials = split_credentials(dict(job_args or {}))
+    notes = []
+    if study and request.study is None:
+        notes.append(f"study {study!r} is not configured on site {site.name}: no datasets will be mounted")
     try:
         with transaction.atomic():
-            job = Job.objects.create(
-                site=site, job_id=job_id, role=role, study=study, image=spec.image or "",
-                backend=site.backend, workload=spec.name, job_meta=meta, job_args=stored_args, set_options=list(options),
+            job = job_create(
+                site=site, job_id=job_id, source=source, notes=notes,
+                message=message or _submitted_message(submitted_by, submitted_by_token),
+                role=role, study=study, image=spec.image or "", backend=site.backend, workload=spec.name,
+                job_meta=meta, job_args=stored_args, set_options=list(options), request=request_to_store(request),
                 submitted_by=submitted_by, submitted_by_token=submitted_by_token,
             )
-            event = JobEvent.objects.create(job=job, from_state="", to_state=JobState.QUEUED, source=source,
-                                            message=_submitted_message(submitted_by, submitted_by_token))
-            if study and probe.study is None:
-                JobEvent.objects.create(
-                    job=job, from_state=JobState.QUEUED, to_state=JobState.QUEUED, source=source,
-                    message=f"study {study!r} is not configured on site {site.name}: no datasets will be mounted",
-                )
             if on_created is not None:
                 on_created(job)
-            seq = event.pk
-            transaction.on_commit(lambda: events.publish_job(job.pk, seq=seq, job=job))
             _enqueue_launch(job.pk, credentials)
     except IntegrityError:
         existing = _resubmitted(site, job_id, job_args)
@@ -120,9 +103,10 @@ def _refuse_workload_collision(site: Site, job_id: str, workload: str) -> None:
                                        "site (names are case-folded); use a job id that differs in more than case")
 
 
-def _prepare(*, site, job_id, role, job_meta, job_args, set_options, submitted_by_token):
-    """Check a submit and build its launch spec (validation only; the launch task prepares again
-    with fresh study data). Returns (meta, study, set options, the request, the spec)."""
+def _prepare(*, site, job_id, role, job_meta, job_args, set_options, submitted_by_token, command=None):
+    """Check a submit and build its launch request (stored on the job) and spec (validation only:
+    the launch task prepares the stored request again with fresh study data). Returns (meta,
+    study, set options, the request, the spec)."""
     nvflare.check_job_id(job_id)
     if role not in nvflare.ROLES:
         raise InvalidJobSpec("role", f"must be one of {', '.join(nvflare.ROLES)}")
@@ -143,11 +127,11 @@ def _prepare(*, site, job_id, role, job_meta, job_args, set_options, submitted_b
     options = nvflare.check_set_options(set_options)
 
     backend = site_backend(site)
-    probe = JobRequest(
+    request = JobRequest(
         site=site.name, job_pk="0", job_id=job_id, role=role, job_meta=meta, job_args=job_args or {},
-        set_options=options, study=study_runtime(site, study), byoc=bool(meta.get("byoc")),
+        set_options=options, study=study_runtime(site, study), byoc=bool(meta.get("byoc")), command=command,
     )
-    return meta, study, options, probe, backend.prepare(probe)
+    return meta, study, options, request, backend.prepare(request)
 
 
 def _resubmitted(site: Site, job_id: str, job_args: dict[str, Any]) -> Job | None:
@@ -181,7 +165,7 @@ def _enqueue_launch(job_pk: int, credentials: dict[str, Any]) -> None:
 
 
 def _send_launch(job_pk: int, credentials: dict[str, Any]) -> None:
-    from jobs.services.lifecycle import job_observe
+    from jobs.services.lifecycle import job_observe, verdict
     from jobs.services.sealing import credentials_seal
     from jobs.tasks import job_launch_task
 
@@ -190,5 +174,5 @@ def _send_launch(job_pk: int, credentials: dict[str, Any]) -> None:
         # even that out of Celery's logs and monitoring.
         job_launch_task.apply_async(args=[job_pk, credentials_seal(credentials)], argsrepr=f"({job_pk}, <sealed>)")
     except Exception as exc:  # broker (Redis) down: the credentials cannot be kept, so say so now
-        job_observe(job_pk=job_pk, state=JobState.LAUNCH_FAILED, source="api", reason="BrokerUnavailable",
-                    message=f"the launch could not be queued ({type(exc).__name__}); submit it again with a new job id")
+        job_observe(job_pk, verdict(JobState.LAUNCH_FAILED, reason="BrokerUnavailable", message=(
+            f"the launch could not be queued ({type(exc).__name__}); submit it again with a new job id")), source="api")

@@ -17,6 +17,7 @@ from jobs.api.serializers import JobSerializer
 from jobs.models import State
 from jobs.services.audit import audit_request
 from jobs.services.cancellation import job_request_terminate
+from jobs.services.probe import probe_report
 from jobs.services.sites import site_backend
 from jobs.services.submission import job_submit
 from jobs.templatetags.launcher_ui import RETURN_CODES
@@ -98,7 +99,7 @@ def job_detail(request, pk):
         "job": job, "events": selectors.job_events_after(job), "seq": seq, "logs": logs,
         "spec": json.dumps(job.spec, indent=2, sort_keys=True) if job.spec else "",
         "may_terminate": selectors.user_may(request.user, job.site, "operator") and not job.is_terminal,
-        "return_codes": RETURN_CODES,
+        "return_codes": RETURN_CODES, "probe": probe_report(job),
     }, site=job.site, section="overview")
 
 

@@ -83,15 +83,18 @@ def site_check(request, site):
 def site_probe_run(request, site):
     site = get_site(request, site, "admin")
     probe_form = forms.ProbeForm(request.POST, studies=selectors.site_studies(site))
-    result = None
     if probe_form.is_valid():
+        study, image = probe_form.cleaned_data["study"], probe_form.cleaned_data["image"]
         try:
-            result = site_probe(site=site, study=probe_form.cleaned_data["study"], image=probe_form.cleaned_data["image"],
-                                requested_by=request.user)
-            audit_request(request, "site.probe", f"site:{site.name}", {
-                "study": probe_form.cleaned_data["study"], "image": probe_form.cleaned_data["image"],
-                "job": result.job.pk}, site=site)
+            # An ordinary submit, launched by the launch task: its page is the job's page, which
+            # shows what it saw once it has ended.
+            job = site_probe(site=site, study=study, image=image, requested_by=request.user,
+                             on_created=lambda job: audit_request(request, "site.probe", f"site:{site.name}", {
+                                 "study": study, "image": image, "job": job.pk}, site=site))
         except InvalidJobSpec as exc:
             probe_form.add_error("image" if "image" in exc.field or "launcher_spec" in exc.field else None,
                                  f"{exc.field}: {exc.reason}")
-    return _settings_page(request, site, forms.SiteSettingsForm(site=site, staff=request.user.is_staff), probe=result, probe_form=probe_form)
+        else:
+            return redirect("job-detail", pk=job.pk)
+    return _settings_page(request, site, forms.SiteSettingsForm(site=site, staff=request.user.is_staff),
+                          probe_form=probe_form)

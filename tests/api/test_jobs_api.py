@@ -8,7 +8,7 @@ import pytest
 
 from backends.base import JobState
 from jobs.models import AuditEntry, Job, JobEvent
-from jobs.services.lifecycle import job_observe
+from jobs.services.lifecycle import job_observe, verdict
 from tests.api.conftest import launch_body
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
@@ -111,8 +111,8 @@ def test_list_is_newest_first_filtered_and_cursor_paginated(process_site, as_use
 def test_events_carry_seq_and_resume_after_a_seq(process_site, as_user, job_args):
     client = as_user("viewer")
     job = submitted(process_site, "job-e", job_args, as_user("operator"))
-    job_observe(job_pk=job["id"], state=JobState.STARTING, source="worker", message="created")
-    job_observe(job_pk=job["id"], state=JobState.RUNNING, source="watcher")
+    job_observe(job["id"], verdict(JobState.STARTING, message="created"), source="worker")
+    job_observe(job["id"], verdict(JobState.RUNNING), source="watcher")
     events = client.get(f"/api/v1/jobs/{job['id']}/events/").json()["results"]
     assert [e["to_state"] for e in events] == ["queued", "starting", "running"]
     assert [e["seq"] for e in events] == list(JobEvent.objects.filter(job_id=job["id"]).values_list("id", flat=True))
@@ -125,7 +125,7 @@ def test_logs_of_a_finished_job_are_its_saved_tail(process_site, as_user, job_ar
     client = as_user("viewer")
     job = submitted(process_site, "job-l", job_args, as_user("operator"))
     assert client.get(f"/api/v1/jobs/{job['id']}/logs/").json()["source"] == "none"
-    job_observe(job_pk=job["id"], state=JobState.FAILED, source="watcher", logs_tail="one\ntwo\nthree", exit_code=3)
+    job_observe(job["id"], verdict(JobState.FAILED, logs_tail="one\ntwo\nthree", exit_code=3), source="watcher")
     logs = client.get(f"/api/v1/jobs/{job['id']}/logs/?tail=2").json()
     assert logs == {"job": job["id"], "source": "saved", "tail": 2, "logs": "two\nthree"}
     assert client.get(f"/api/v1/jobs/{job['id']}/logs/?tail=0").status_code == 400

@@ -1,4 +1,4 @@
-"""job_observe, the one door for state changes."""
+"""job_create, job_observe and job_note: the one door for jobs, their states and their events."""
 
 import asyncio
 import json
@@ -9,7 +9,8 @@ from channels.layers import get_channel_layer
 
 from jobs import events
 from jobs.models import Job, JobEvent, Site
-from jobs.services.lifecycle import job_observe, job_save_logs_tail
+from backends.base import Observation
+from jobs.services.lifecycle import job_note, job_observe, verdict
 
 pytestmark = pytest.mark.embedded
 
@@ -26,9 +27,9 @@ def states(job):
 
 def test_forward_changes_each_write_one_event(job, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks() as callbacks:
-        job_observe(job_pk=job.pk, state="starting", source="worker")
-        job_observe(job_pk=job.pk, state="running", source="watcher")
-        job_observe(job_pk=job.pk, state="succeeded", source="watcher", return_code=0, exit_code=0)
+        job_observe(job.pk, verdict("starting"), source="worker")
+        job_observe(job.pk, verdict("running"), source="watcher")
+        job_observe(job.pk, verdict("succeeded", return_code=0, exit_code=0), source="watcher")
     assert states(job) == [("queued", "starting", "worker"), ("starting", "running", "watcher"),
                            ("running", "succeeded", "watcher")]
     assert len(callbacks) == 3  # one publish per change, after commit
@@ -38,31 +39,31 @@ def test_forward_changes_each_write_one_event(job, django_capture_on_commit_call
 
 
 def test_duplicate_and_backward_observations_change_nothing(job):
-    job_observe(job_pk=job.pk, state="running", source="watcher")
-    _, changed_dup = job_observe(job_pk=job.pk, state="running", source="watcher")
-    _, changed_back = job_observe(job_pk=job.pk, state="starting", source="worker")
+    job_observe(job.pk, verdict("running"), source="watcher")
+    _, changed_dup = job_observe(job.pk, verdict("running"), source="watcher")
+    _, changed_back = job_observe(job.pk, verdict("starting"), source="worker")
     assert not changed_dup and not changed_back
     assert states(job) == [("queued", "running", "watcher")]
 
 
 def test_terminal_state_is_sticky(job):
-    job_observe(job_pk=job.pk, state="aborted", source="api")
-    _, changed = job_observe(job_pk=job.pk, state="succeeded", source="watcher", return_code=0)
+    job_observe(job.pk, verdict("aborted"), source="api")
+    _, changed = job_observe(job.pk, verdict("succeeded", return_code=0), source="watcher")
     job.refresh_from_db()
     assert not changed and job.state == "aborted" and job.return_code == 9
 
 
 @pytest.mark.parametrize("state, code", [("failed", 1), ("lost", 9), ("launch_failed", 101), ("succeeded", 0)])
 def test_terminal_states_get_nvflare_return_codes(job, state, code):
-    job_observe(job_pk=job.pk, state=state, source="reconcile")
+    job_observe(job.pk, verdict(state), source="reconcile")
     job.refresh_from_db()
     assert job.return_code == code
 
 
 def test_notes_are_recorded_without_repeating(job):
-    job_observe(job_pk=job.pk, state="starting", source="worker")
+    job_observe(job.pk, verdict("starting"), source="worker")
     for _ in range(3):
-        job_observe(job_pk=job.pk, state="starting", source="watcher", note_only=True, message="pulling image")
+        job_note(job.pk, source="watcher", message="pulling image")
     notes = JobEvent.objects.filter(job=job, message="pulling image")
     assert notes.count() == 1
     job.refresh_from_db()
@@ -70,8 +71,8 @@ def test_notes_are_recorded_without_repeating(job):
 
 
 def test_handle_recorded_late_is_still_kept(job):
-    job_observe(job_pk=job.pk, state="running", source="watcher")
-    job_observe(job_pk=job.pk, state="starting", source="worker", handle={"backend": "process", "ref": "x"})
+    job_observe(job.pk, verdict("running"), source="watcher")
+    job_observe(job.pk, Observation(ref="x", state="starting"), source="worker")
     job.refresh_from_db()
     assert job.handle == {"backend": "process", "ref": "x"} and job.state == "running"
 
@@ -86,7 +87,7 @@ async def test_change_is_published_to_job_and_site_groups_after_commit():
     await layer.group_add(events.site_group("site-1"), channel)
     job_channel = await layer.new_channel()
     await layer.group_add(events.job_group(job.pk), job_channel)
-    await sync_to_async(job_observe)(job_pk=job.pk, state="running", source="watcher")
+    await sync_to_async(job_observe)(job.pk, verdict("running"), source="watcher")
     for ch in (channel, job_channel):
         message = await asyncio.wait_for(layer.receive(ch), timeout=5)
         seq = (await JobEvent.objects.filter(job=job).alast()).pk
@@ -99,11 +100,11 @@ async def test_change_is_published_to_job_and_site_groups_after_commit():
 def test_exit_seen_after_a_terminate_request_counts_as_aborted(job):
     from django.utils import timezone
 
-    job_observe(job_pk=job.pk, state="running", source="watcher")
+    job_observe(job.pk, verdict("running"), source="watcher")
     Job.objects.filter(pk=job.pk).update(terminate_requested_at=timezone.now())
     # The watcher sees the kill (137 -> failed/1) before the worker records its terminate result.
-    job_observe(job_pk=job.pk, state="failed", source="watcher", return_code=1, exit_code=137,
-                message="container exited with code 137")
+    job_observe(job.pk, verdict("failed", return_code=1, exit_code=137, message="container exited with code 137"),
+                source="watcher")
     job.refresh_from_db()
     assert (job.state, job.return_code, job.exit_code) == ("aborted", 9, 137)
     assert job.detail == "terminated on request (container exited with code 137)"
@@ -113,7 +114,7 @@ def test_success_before_a_terminate_request_took_effect_is_kept(job):
     from django.utils import timezone
 
     Job.objects.filter(pk=job.pk).update(terminate_requested_at=timezone.now())
-    job_observe(job_pk=job.pk, state="succeeded", source="watcher", return_code=0)
+    job_observe(job.pk, verdict("succeeded", return_code=0), source="watcher")
     job.refresh_from_db()
     assert (job.state, job.return_code) == ("succeeded", 0)
 
@@ -127,14 +128,46 @@ async def test_logs_tail_saved_after_the_exit_is_trimmed_kept_once_and_announced
     layer = get_channel_layer()
     channel = await layer.new_channel()
     await layer.group_add(events.job_group(job.pk), channel)
-    await sync_to_async(job_observe)(job_pk=job.pk, state="failed", source="watcher", exit_code=3)
+    await sync_to_async(job_observe)(job.pk, verdict("failed", exit_code=3), source="watcher")
     assert (await asyncio.wait_for(layer.receive(channel), timeout=5))["state"] == "failed"
     events_before = await JobEvent.objects.filter(job=job).acount()
 
-    assert await sync_to_async(job_save_logs_tail)(job_pk=job.pk, logs_tail="a\nb\nc\nd\ne\n")
-    assert not await sync_to_async(job_save_logs_tail)(job_pk=job.pk, logs_tail="later\n")  # the first stays
+    assert (await sync_to_async(job_note)(job.pk, source="watcher", logs_tail="a\nb\nc\nd\ne\n"))[1]
+    assert not (await sync_to_async(job_note)(job.pk, source="watcher", logs_tail="later\n"))[1]  # the first stays
     await job.arefresh_from_db()
     assert (job.logs_tail, job.state) == ("c\nd\ne", "failed")
     assert await JobEvent.objects.filter(job=job).acount() == events_before  # not a state change
     message = await asyncio.wait_for(layer.receive(channel), timeout=5)
     assert message == {"type": "job.log", "job": job.pk, "lines": [], "saved": True}
+
+
+def test_job_create_records_the_row_its_first_event_and_notes_and_publishes_once(
+        db, django_capture_on_commit_callbacks):
+    from jobs.services.lifecycle import job_create
+
+    site = Site.objects.create(name="site-1")
+    with django_capture_on_commit_callbacks() as callbacks:
+        job = job_create(site=site, job_id="c1", source="api", message="submitted", notes=["no study"],
+                         backend="process", request={"job_id": "c1"})
+    assert len(callbacks) == 1  # one publish, after commit
+    assert states(job) == [("", "queued", "api"), ("queued", "queued", "api")]
+    assert list(JobEvent.objects.filter(job=job).values_list("message", flat=True)) == ["submitted", "no study"]
+    job.refresh_from_db()
+    assert (job.state, job.request) == ("queued", {"job_id": "c1"})
+    with pytest.raises(ValueError):
+        job_create(site=site, job_id="c2", source="browser", message="x", backend="process")
+
+
+def test_a_terminate_request_is_stamped_once_with_its_note(job):
+    first, changed = job_note(job.pk, source="admin", message="termination requested", terminate_requested=True)
+    again, changed_again = job_note(job.pk, source="admin", message="termination requested", terminate_requested=True)
+    assert changed and not changed_again
+    assert first.terminate_requested_at and again.terminate_requested_at == first.terminate_requested_at
+    assert JobEvent.objects.filter(job=job, message="termination requested").count() == 1
+
+
+def test_an_event_observation_is_a_note(job):
+    _, changed = job_observe(job.pk, Observation(ref="x", state="running", kind="event", message="pulling"),
+                             source="watcher")
+    job.refresh_from_db()
+    assert changed and job.state == "queued" and states(job) == [("queued", "queued", "watcher")]

@@ -7,7 +7,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from jobs.models import Job, JobEvent, Site
-from jobs.services.lifecycle import job_observe
+from jobs.services.lifecycle import job_observe, verdict
 from jobs.services.resume import latest_seq, site_jobs_missed
 
 pytestmark = pytest.mark.django_db
@@ -20,10 +20,10 @@ def window():
     jobs = [Job.objects.create(site=site, job_id=f"j{i}", backend="process") for i in range(2)]
     theirs = Job.objects.create(site=other, job_id="theirs", backend="process")
     since = latest_seq()
-    job_observe(job_pk=jobs[0].pk, state="starting", source="watcher")
-    job_observe(job_pk=theirs.pk, state="starting", source="watcher")  # another site's: not counted
-    job_observe(job_pk=jobs[1].pk, state="running", source="watcher")
-    job_observe(job_pk=jobs[0].pk, state="failed", source="watcher")
+    job_observe(jobs[0].pk, verdict("starting"), source="watcher")
+    job_observe(theirs.pk, verdict("starting"), source="watcher")  # another site's: not counted
+    job_observe(jobs[1].pk, verdict("running"), source="watcher")
+    job_observe(jobs[0].pk, verdict("failed"), source="watcher")
     return site, jobs, since, latest_seq()
 
 

@@ -299,16 +299,6 @@ def test_history_draws_finished_jobs_per_day_and_durations(client, users, proces
     assert body.count('class="bar state-succeeded"') == 1 and 'class="bar duration"' in body
 
 
-def test_probe_lists_the_datasets_a_process_job_sees(users, process_site, study, data_root):
-    from jobs.services.probe import site_probe
-
-    result = site_probe(site=process_site, study="cohort", requested_by=users["owner"])
-    assert result.job.job_id.startswith("probe-") and result.job.state == "succeeded", result.output
-    assert [(m.path, m.dataset, m.expected) for m in result.mounts] == [(str(data_root / "cohort-a"), "train", "ro")]
-    assert result.ok and not result.missing and not result.modes_enforced
-    assert Job.objects.filter(site=process_site, job_id__startswith="probe-").count() == 1
-
-
 def _grow_to(site, rows: int) -> int:
     """Bulk-create 1000 varied jobs, then double them in SQL (INSERT ... SELECT) until >= rows."""
     from django.db import connection

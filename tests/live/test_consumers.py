@@ -10,7 +10,7 @@ from tests.live.communicator import WebsocketCommunicator
 from backends.base import JobState
 from jobs import events
 from jobs.models import Job, JobEvent, Role, Site, SiteMembership
-from jobs.services.lifecycle import job_observe
+from jobs.services.lifecycle import job_observe, verdict
 from jobs.services.resume import latest_seq as resume_latest_seq
 from launcher_site.asgi import application
 from tests.live.conftest import session_cookie, ws_headers
@@ -37,7 +37,8 @@ async def connect(path: str, cookie: str | None, origin: str = "http://127.0.0.1
 
 
 async def observe(job_pk: int, state, **kw):
-    job, _ = await sync_to_async(job_observe)(job_pk=job_pk, state=state, source=kw.pop("source", "watcher"), **kw)
+    source = kw.pop("source", "watcher")
+    job, _ = await sync_to_async(job_observe)(job_pk, verdict(state, **kw), source=source)
     return job
 
 

@@ -13,7 +13,7 @@ from asgiref.sync import sync_to_async
 
 from jobs.models import Job, JobEvent
 from jobs.services.launching import job_launch
-from jobs.services.lifecycle import job_observe
+from jobs.services.lifecycle import job_observe, verdict
 from jobs.services.tokens import token_create
 from tests.conftest import client_job_args
 from tests.live.conftest import (
@@ -78,7 +78,7 @@ async def test_two_hundred_clients_reconnecting_within_a_second_all_succeed(proc
     failures = [r for r in results if isinstance(r, BaseException)]
     assert failures == [] and took < 10, f"{len(failures)} failed, first: {failures[:1]}; took {took:.1f}s"
     # Every one of them is subscribed: a change reaches all 200.
-    await sync_to_async(job_observe)(job_pk=job.pk, state="running", source="worker")
+    await sync_to_async(job_observe)(job.pk, verdict("running"), source="worker")
     await asyncio.gather(*(b.until(lambda b: b.states().get("storm-1") == "running", timeout=30) for b in browsers))
     await asyncio.gather(*(b.close() for b in browsers))
     print(f"200 reconnects took {took:.2f}s")
@@ -203,13 +203,13 @@ async def test_web_restart_clients_reconnect_and_see_current_state(processes, li
     cookie = await sync_to_async(session_cookie)(users["viewer"])
     job, _ = await sync_to_async(queued_job)(process_site, "restart-1")
     browser = await Browser(web, "/ws/sites/site-1/jobs/", cookie).connect()
-    await sync_to_async(job_observe)(job_pk=job.pk, state="starting", source="worker")
+    await sync_to_async(job_observe)(job.pk, verdict("starting"), source="worker")
     await browser.until(lambda b: b.states().get("restart-1") == "starting")
 
     server = procs.procs[-1][1]
     procs.kill(server, signal.SIGTERM)
-    await sync_to_async(job_observe)(job_pk=job.pk, state="running", source="watcher")  # while it is down
-    await sync_to_async(job_observe)(job_pk=job.pk, state="succeeded", source="watcher", return_code=0)
+    await sync_to_async(job_observe)(job.pk, verdict("running"), source="watcher")  # while it is down
+    await sync_to_async(job_observe)(job.pk, verdict("succeeded", return_code=0), source="watcher")
     port = web.rsplit(":", 1)[1]
     restart = asyncio.create_task(asyncio.to_thread(procs.start, "serve", "manage.py", "serve", "--port", port))
     await browser.reconnect(timeout=45)

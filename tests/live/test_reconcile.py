@@ -91,10 +91,10 @@ def test_workload_with_no_job_is_recorded_as_orphan_and_never_deleted(process_si
 def test_launch_whose_record_was_lost_is_adopted_and_not_started_again(process_site, workspace):
     job, credentials = queued_job(process_site, "adopt-1", "sleep=1")
     backend = site_backend(process_site)
-    from jobs.services.submission import job_request_for
+    from jobs.services.requests import request_to_launch
 
     # A worker created the workload and died before recording it.
-    handle = backend.launch(backend.prepare(job_request_for(job, credentials=credentials)))
+    handle = backend.launch(backend.prepare(request_to_launch(job, credentials=credentials)))
     wait_until(lambda: process_state(workspace, handle.ref).get("pid"), timeout=15, message="the job to run")
     pid = process_state(workspace, handle.ref)["pid"]
     report = site_reconcile(site=process_site)

@@ -15,7 +15,7 @@ from tests.live.communicator import WebsocketCommunicator
 
 from backends.base import JobState
 from jobs.models import Job, Role, Site, SiteMembership
-from jobs.services.lifecycle import job_observe
+from jobs.services.lifecycle import job_observe, verdict
 from launcher_site.asgi import application
 from tests.live.conftest import session_cookie
 
@@ -140,11 +140,11 @@ async def test_a_socket_is_closed_within_a_heartbeat_of_losing_access(site_jobs,
     cookie = await sync_to_async(session_cookie)(users[who])
     socket = communicator(path, origin="http://127.0.0.1:8000", cookie=cookie)
     assert (await socket.connect(timeout=5))[0]
-    await sync_to_async(job_observe)(job_pk=jobs[0].pk, state=JobState.STARTING, source="watcher")
+    await sync_to_async(job_observe)(jobs[0].pk, verdict(JobState.STARTING), source="watcher")
     assert (await socket.receive_json_from(timeout=5))["type"] == "job.update"  # it was let in
     await sync_to_async(revoke)(users)
     assert await until_closed(socket, timeout=2.5) == code  # one heartbeat (first within 0.5-1 s) and margin
-    await sync_to_async(job_observe)(job_pk=jobs[0].pk, state=JobState.RUNNING, source="watcher")
+    await sync_to_async(job_observe)(jobs[0].pk, verdict(JobState.RUNNING), source="watcher")
     assert await socket.receive_nothing(timeout=1.5)  # no update, no heartbeat
     await socket.disconnect()
 
@@ -161,7 +161,7 @@ async def test_signing_out_closes_the_open_socket(site_jobs, users, settings):
     logout = await sync_to_async(browser.post)("/accounts/logout/")  # the dashboard's "Log out" button
     assert logout.status_code == 302
     assert await until_closed(socket, timeout=2.5) == 4401
-    await sync_to_async(job_observe)(job_pk=jobs[0].pk, state=JobState.STARTING, source="watcher")
+    await sync_to_async(job_observe)(jobs[0].pk, verdict(JobState.STARTING), source="watcher")
     assert await socket.receive_nothing(timeout=1.5)
     await socket.disconnect()
 
