@@ -13,8 +13,8 @@ from django.views.decorators.http import require_GET, require_http_methods
 from backends.base import BackendError, Handle, InvalidJobSpec
 from backends.logtail import cap_tail
 from jobs import forms, selectors
-from jobs.api.serializers import JobSerializer
 from jobs.models import State
+from jobs.payloads import job_payload
 from jobs.services.audit import audit_request
 from jobs.services.cancellation import job_request_terminate
 from jobs.services.probe import probe_report
@@ -112,7 +112,7 @@ def job_timeline(request, pk):
     return JsonResponse({"events": [
         {"seq": e.id, "at": e.at.isoformat(), "from": e.from_state, "to": e.to_state, "message": e.message,
          "source": e.source} for e in events
-    ], "job": JobSerializer(job).data})
+    ], "job": job_payload(job)})
 
 
 @login_required
