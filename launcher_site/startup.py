@@ -28,16 +28,20 @@ def require_services() -> None:
             raise ImproperlyConfigured(f"REDIS_URL: cannot reach Redis: {exc}") from None
 
 
+_protected: set[str] = set()
+
+
 def protect_database_files(sender=None, connection=None, **kwargs) -> None:
     """connection_created handler: the embedded SQLite database, its -wal/-shm files and the var/
     directory are the launcher's alone (0600/0700): they hold session keys and token hashes, and a
     job or another local user must not read them. SQLite creates -wal/-shm with the database
-    file's mode, so later ones stay 0600 too."""
+    file's mode, so later ones stay 0600 too, and checking once per process is enough."""
     if connection is None or connection.vendor != "sqlite":
         return
     name = str(connection.settings_dict.get("NAME") or "")
-    if not name or name == ":memory:" or name.startswith("file:"):
-        return
+    if not name or name == ":memory:" or name.startswith("file:") or name in _protected:
+        return  # once per database and process: SQLite connects per thread, often per request
+    _protected.add(name)
     for path in (name, f"{name}-wal", f"{name}-shm", f"{name}-journal"):
         with contextlib.suppress(FileNotFoundError, PermissionError):
             if stat.S_IMODE(os.stat(path).st_mode) & 0o077:

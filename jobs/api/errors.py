@@ -1,5 +1,5 @@
 """One error shape for the API: `{"detail": ...}` or `{field: [messages]}`. Client mistakes are
-4xx, never 500: service errors (InvalidJobSpec, Django ValidationError, SiteBusy) and request
+4xx, never 500: service errors (InvalidJobSpec, Django ValidationError, SiteBusy, a staff-only change) and request
 errors (malformed body, body too large) are mapped here."""
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ class Conflict(exceptions.APIException):
 
 def exception_handler(exc, context):
     from jobs.services.catalog import SiteBusy
+    from jobs.services.policy import StaffOnly
 
+    if isinstance(exc, StaffOnly):  # before ValidationError, which it is (so forms show it inline)
+        exc = exceptions.PermissionDenied(exc.detail)
     if isinstance(exc, InvalidJobSpec):
         return Response({exc.field: [exc.reason]}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, BackendError):

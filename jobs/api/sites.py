@@ -10,7 +10,6 @@ from rest_framework.response import Response
 
 from jobs.api import access
 from jobs.api.base import ApiMixin
-from jobs.api.errors import Conflict
 from jobs.api.schema import error_response
 from jobs.api.serializers import (
     CheckResultSerializer,
@@ -24,7 +23,7 @@ from jobs.api.serializers import (
     reject_unknown,
 )
 from jobs.models import Dataset, Site, Study
-from jobs.services import catalog, policy
+from jobs.services import catalog
 from jobs.services.connection_check import site_check_connection
 
 
@@ -36,10 +35,6 @@ def _validated(serializer_class, request, *, partial: bool = False) -> dict:
     if partial:  # only what was sent, not the serializer's defaults
         data = {k: v for k, v in data.items() if k in request.data}
     return data
-
-
-def _staff_only(exc: policy.StaffOnly) -> exceptions.PermissionDenied:
-    return exceptions.PermissionDenied(exc.detail)
 
 
 @extend_schema_view(
@@ -80,32 +75,24 @@ class SiteViewSet(ApiMixin, viewsets.ViewSet):
     def partial_update(self, request, name=None):
         site = access.site_for(request, name, role="admin")
         data = _validated(SiteInputSerializer, request, partial=True)
-        try:
-            with transaction.atomic():
-                site = catalog.site_update(site=site, actor=request.user, **data)
-                detail = {"changes": data, **({"renamed_from": name} if site.name != name else {})}
-                self.audit("site.update", f"site:{site.name}", detail)
-        except policy.StaffOnly as exc:
-            raise _staff_only(exc) from None
+        with transaction.atomic():
+            site = catalog.site_update(site=site, actor=request.user, **data)
+            detail = {"changes": data, **({"renamed_from": name} if site.name != name else {})}
+            self.audit("site.update", f"site:{site.name}", detail)
         return Response(SiteSerializer(site, context={"request": request}).data)
 
     def destroy(self, request, name=None):
         site = access.site_for(request, name, role="admin")
-        try:
-            with transaction.atomic():
-                catalog.site_delete(site=site, actor=request.user)
-                self.audit("site.delete", f"site:{name}")
-        except catalog.SiteBusy as exc:
-            raise Conflict(str(exc)) from None
-        except policy.StaffOnly as exc:
-            raise _staff_only(exc) from None
+        with transaction.atomic():  # SiteBusy (409) and StaffOnly (403) are answered in jobs.api.errors
+            catalog.site_delete(site=site, actor=request.user)
+            self.audit("site.delete", f"site:{name}")
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(request=SiteTestInputSerializer, responses=CheckResultSerializer(many=True))
     @action(detail=True, methods=["post"])
     def test(self, request, name=None):
-        """Run the backend's connection checks (daemon, network, workspace...); for Docker also
-        the given datasets (default: all of the site's datasets)."""
+        """Run the backend's connection checks (daemon, network, workspace...) and of the given
+        datasets (default: all of the site's datasets)."""
         site = access.site_for(request, name, role="admin")
         data = _validated(SiteTestInputSerializer, request)
         results = site_check_connection(site, data.get("datasets"))  # bounded: deadline, 2 at once per process
@@ -141,24 +128,18 @@ class StudyViewSet(ApiMixin, viewsets.ViewSet):
     def create(self, request, site=None):
         site = access.site_for(request, site, role="admin")
         data = _validated(StudyInputSerializer, request)
-        try:
-            with transaction.atomic():
-                study = catalog.study_create(site=site, actor=request.user, **data)
-                self.audit("study.create", f"site:{site.name}/study:{study.name}", {"changes": data})
-        except policy.StaffOnly as exc:
-            raise _staff_only(exc) from None
+        with transaction.atomic():
+            study = catalog.study_create(site=site, actor=request.user, **data)
+            self.audit("study.create", f"site:{site.name}/study:{study.name}", {"changes": data})
         return Response(StudySerializer(study).data, status=status.HTTP_201_CREATED)
 
     def partial_update(self, request, site=None, study=None):
         site = access.site_for(request, site, role="admin")
         current = self._study(site, study)
         data = _validated(StudyInputSerializer, request, partial=True)
-        try:
-            with transaction.atomic():
-                updated = catalog.study_update(study=current, actor=request.user, **data)
-                self.audit("study.update", f"site:{site.name}/study:{study}", {"changes": data})
-        except policy.StaffOnly as exc:
-            raise _staff_only(exc) from None
+        with transaction.atomic():
+            updated = catalog.study_update(study=current, actor=request.user, **data)
+            self.audit("study.update", f"site:{site.name}/study:{study}", {"changes": data})
         return Response(StudySerializer(updated).data)
 
     def destroy(self, request, site=None, study=None):

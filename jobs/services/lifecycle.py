@@ -93,9 +93,7 @@ def job_observe(
     new = JobState(observation.state)
     _check_source(source)
     message, return_code = observation.message, observation.return_code
-    logs_tail = _trim(observation.logs_tail)
-    if logs_tail:  # every kept tail: LAUNCHER_LOGS_TAIL_LINES lines within LAUNCHER_LOGS_TAIL_BYTES
-        logs_tail = cap_tail(logs_tail, lines=settings.LAUNCHER_LOGS_TAIL_LINES or None)
+    logs_tail = _kept_tail(observation.logs_tail)
     with transaction.atomic():  # SQLite: an IMMEDIATE transaction, which serialises writers like the row lock
         job = _locked(job)
         current = JobState(job.state)
@@ -146,8 +144,7 @@ def job_note(
     first), so that an exit observed afterwards counts as aborted.
     """
     _check_source(source)
-    if logs_tail:
-        logs_tail = cap_tail(logs_tail, lines=settings.LAUNCHER_LOGS_TAIL_LINES or None, final_newline=False)
+    logs_tail = _kept_tail(logs_tail)
     with transaction.atomic():
         job = _locked(job)
         changed = dirty = False
@@ -184,11 +181,11 @@ def _locked(job: Job | int) -> Job:
     return Job.objects.select_related("site").select_for_update(of=("self",)).get(pk=pk)
 
 
-def _trim(logs: str | None) -> str | None:
-    if logs is None:
-        return None
-    lines = logs.splitlines()
-    return "\n".join(lines[-settings.LAUNCHER_LOGS_TAIL_LINES:])
+def _kept_tail(logs: str | None) -> str | None:
+    """Every kept tail: LAUNCHER_LOGS_TAIL_LINES lines within LAUNCHER_LOGS_TAIL_BYTES, no final newline."""
+    if not logs:
+        return logs
+    return cap_tail(logs, lines=settings.LAUNCHER_LOGS_TAIL_LINES or None, final_newline=False)
 
 
 def _fill_missing(job: Job, **values: Any) -> bool:

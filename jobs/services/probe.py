@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from django.db import transaction
 
-from backends.base import DatasetSpec, JobRequest, JobState
+from backends.base import DatasetSpec, JobState
 from backends.nvflare import JOB_MODULES  # the command is replaced; NVFlare's args still pass prepare
 from jobs.models import Job, Site
 from jobs.services.sites import site_backend, study_runtime
@@ -84,9 +84,7 @@ def site_probe(*, site: Site, study: str, image: str = "", requested_by=None,
     job_args = {"exe_module": ["-m", JOB_MODULES["client"]], "job_id": ["-n", job_id]}
     if site.backend == "process":
         # argv[0] is not implied: the site's python, as NVFlare's command would run it.
-        nvflare_command = site_backend(site).prepare(
-            JobRequest(site=site.name, job_pk="0", job_id=job_id, job_meta=job_meta, job_args=job_args)).command
-        command = (nvflare_command[0], "-c", PYTHON_PROBE)
+        command = (site_backend(site).config.default_python_path, "-c", PYTHON_PROBE)
     else:
         command = ("sh", "-c", SHELL_PROBE)
     job, _ = job_submit(site=site, job_id=job_id, job_meta=job_meta, job_args=job_args, submitted_by=requested_by,

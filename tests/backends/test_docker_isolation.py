@@ -4,7 +4,6 @@ check-then-mount race) and the launcher's hardening (cap_drop ALL, no-new-privil
 from __future__ import annotations
 
 import os
-import random
 import threading
 import time
 import uuid
@@ -112,48 +111,70 @@ def test_symlinked_dataset_parent_refused_at_launch(docker_backend, docker_reque
 
 
 class Swapper(threading.Thread):
-    """A host user who can write `path`'s parent: once `go` is set, waits `delay` seconds, then
-    swaps the real directory at `path` for a symlink to `target` and leaves it there."""
+    """A host user who can write `path`'s parent: when the daemon reports `event` ("create" or
+    "start") for the container `name`, swaps the real directory at `path` for a symlink to `target`
+    and leaves it there. It strikes on the engine's own event, so each launch is raced in the
+    window that event opens, not after a guessed delay; the event stream ends by itself after
+    `timeout` seconds (then nothing is swapped)."""
 
-    def __init__(self, path: Path, target: Path, delay: float):
+    def __init__(self, client, name: str, event: str, path: Path, target: Path, timeout: float = 20):
         super().__init__(daemon=True)
-        self.path, self.target, self.delay = path, target, delay
-        self.go, self.done = threading.Event(), threading.Event()
+        self.path, self.target = path, target
+        now = time.time()
+        # `since` now (to the nanosecond): without it the daemon replays its buffered past events,
+        # such as an earlier container of the same name being created.
+        self.events = client.events(decode=True, since=f"{now:.9f}", until=f"{now + timeout:.9f}",
+                                    filters={"type": "container", "event": event, "container": name})
+        self.struck = threading.Event()
 
     def run(self) -> None:
-        self.go.wait(30)
-        time.sleep(self.delay)  # the attack's timing, not a wait for a condition
-        os.rename(self.path, self.path.with_name(self.path.name + ".orig"))
-        os.symlink(self.target, self.path)
-        self.done.set()
+        for _ in self.events:
+            swap(self.path, self.target)
+            self.struck.set()
+            break
+        self.events.close()
 
 
-def _race(backend, docker_request, path_for, target, launches, **request):
-    """Launch `launches` jobs, each raced by a Swapper that strikes at a different moment between
-    prepare() and shortly after the container started. Returns (started, refused, leaked job ids)."""
-    rng = random.Random(1234)
+def swap(path: Path, target: Path) -> None:
+    os.rename(path, path.with_name(path.name + ".orig"))
+    os.symlink(target, path)
+
+
+# The moments a launch is raced at: right after prepare() (before launch() pins its sources), and
+# as the daemon reports the container created (before the pre-start check) or started.
+STRIKES = ("prepared", "create", "start")
+
+
+def _race(backend, client, docker_request, path_for, target, launches, **request):
+    """Launch `launches` jobs, each raced by a swap at one of STRIKES in turn. Returns (started,
+    refused, leaked job ids)."""
     started, refused, leaked, reasons = 0, 0, [], set()
     for i in range(launches):
         job_id = f"race-{i}"
         path = path_for(job_id)
         path.mkdir(exist_ok=True)
         os.chown(path, JOB_UID, JOB_GID)
-        swapper = Swapper(path, target, delay=rng.uniform(0, 0.5))
-        swapper.start()
+        spec = backend.prepare(docker_request(job_id=job_id, **request))
+        strike = STRIKES[i % len(STRIKES)]
+        swapper = None
+        if strike == "prepared":
+            swap(path, target)
+        else:
+            swapper = Swapper(client, spec.name, strike, path, target)
+            swapper.start()
         try:
-            spec = backend.prepare(docker_request(job_id=job_id, **request))
-            swapper.go.set()
             handle = backend.launch(spec)
         except BackendError as exc:
             refused += 1
-            reasons.add("changed" if "changed" in str(exc) else str(exc)[-40:])
+            reasons.add(f"{strike}: {exc}"[-90:])
             continue
         finally:
-            swapper.go.set()
-            assert swapper.done.wait(10), "the swapper never struck"
-            swapper.join(10)
-            os.unlink(path)
-            os.rename(path.with_name(path.name + ".orig"), path)
+            if swapper is not None:
+                swapper.join(30)
+                assert not swapper.is_alive(), "the event stream did not end"
+            if path.is_symlink():
+                os.unlink(path)
+                os.rename(path.with_name(path.name + ".orig"), path)
         started += 1
         if MARKER in _logs_when_done(backend, handle):
             leaked.append(job_id)
@@ -165,29 +186,32 @@ def _race(backend, docker_request, path_for, target, launches, **request):
 RACE_LAUNCHES = 24
 
 
-def test_job_dir_swap_race_never_starts_a_job_on_the_target(make_docker_backend, docker_backend, docker_request,
-                                                            docker_workspace, secret_dir, docker_site_containers):
-    """The job dir is swapped for a symlink to a root-only directory at a random moment during
-    launch. Every job that did start must have mounted its own directory; every other launch fails
+def test_job_dir_swap_race_never_starts_a_job_on_the_target(make_docker_backend, docker_backend, docker_client,
+                                                            docker_request, docker_workspace, secret_dir,
+                                                            docker_site_containers):
+    """The job dir is swapped for a symlink to a root-only directory during launch (STRIKES). Every job that did start must have mounted its own directory; every other launch fails
     permanently and leaves no container. (A swap that is undone again before the post-start check
     is the documented residual window; see backends/docker/binds.py.)"""
     backend = make_docker_backend(allow_job_images=True)
-    started, refused, leaked = _race(backend, docker_request, lambda job_id: docker_workspace / job_id, secret_dir,
+    started, refused, leaked = _race(backend, docker_client, docker_request, lambda job_id: docker_workspace / job_id,
+                                     secret_dir,
                                      RACE_LAUNCHES, docker={"image": IMAGE, "entrypoint": SHOW})
     assert leaked == [], f"{len(leaked)} of {started} started jobs read the root-only marker ({refused} refused)"
     assert started + refused == RACE_LAUNCHES and refused > 0
     assert docker_site_containers() == []
 
 
-def test_nested_dataset_swap_race_never_starts_a_job_on_the_target(make_docker_backend, docker_backend, docker_request,
-                                                                   docker_data_root, secret_dir, docker_site_containers):
+def test_nested_dataset_swap_race_never_starts_a_job_on_the_target(make_docker_backend, docker_backend, docker_client,
+                                                                   docker_request, docker_data_root, secret_dir,
+                                                                   docker_site_containers):
     """Same race on a dataset whose parent the job user can write."""
     backend = make_docker_backend(allow_job_images=True)
     (docker_data_root / "open").mkdir()
     os.chown(docker_data_root / "open", JOB_UID, JOB_GID)
     victim = docker_data_root / "open" / "victim"
     study = StudyRuntime(name="cancer", datasets=(DatasetSpec(study="cancer", name="victim", source=str(victim), mode="ro"),))
-    started, refused, leaked = _race(backend, docker_request, lambda job_id: victim, secret_dir, RACE_LAUNCHES // 2,
+    started, refused, leaked = _race(backend, docker_client, docker_request, lambda job_id: victim, secret_dir,
+                                     RACE_LAUNCHES // 2,
                                      docker={"image": IMAGE, "entrypoint": SHOW}, study=study)
     assert leaked == [], f"{len(leaked)} of {started} started jobs read the root-only marker ({refused} refused)"
     assert started + refused == RACE_LAUNCHES // 2 and refused > 0

@@ -20,6 +20,7 @@ from jobs.models import Job, Role, Site, SiteMembership, Study
 from jobs.services import connection_check
 from jobs.services.lifecycle import job_note
 from jobs.services.sites import site_backend
+from tests.util import wait_until
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
@@ -104,10 +105,9 @@ def silent_server():
     for conn in accepted:
         conn.close()
     server.close()
-    deadline = time.monotonic() + 30  # the stuck checks see EOF and give their slots back
-    while time.monotonic() < deadline and connection_check._slots._value < connection_check.CHECK_SLOTS:
-        time.sleep(0.05)
-    assert connection_check._slots._value == connection_check.CHECK_SLOTS
+    # The stuck checks see EOF and give their slots back.
+    wait_until(lambda: connection_check._slots._value == connection_check.CHECK_SLOTS, timeout=30,
+               message="every connection-check slot to be free again")
 
 
 @pytest.fixture

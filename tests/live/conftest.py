@@ -357,7 +357,9 @@ class Browser:
         return self.jobs
 
     def states(self) -> dict[str, str]:
-        return {job["job_id"]: job["state"] for job in self.jobs.values()}
+        # list() copies under the GIL in one step: safe while the event loop adds jobs (the scale
+        # tests read this from a waiting thread).
+        return {job["job_id"]: job["state"] for job in list(self.jobs.values())}
 
     async def close(self):
         if self.ws is not None:

@@ -185,13 +185,8 @@ async def in_db(fn, *args, **kwargs):
 
 
 async def eventually(predicate, *, timeout: float, message: str) -> None:
-    """wait_until for the event loop: the listeners keep reading while this waits."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        if loop.time() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        await asyncio.sleep(0.05)  # poll interval of a bounded wait
+    """wait_until off the event loop: the listeners keep reading while this waits."""
+    await asyncio.to_thread(wait_until, predicate, timeout=timeout, message=message)
 
 
 # ---------------------------------------------------------------------------------------------
