@@ -194,7 +194,7 @@ def test_fifty_docker_jobs_end_right_with_one_container_each(live_redis, process
         # Every finished container is removed once its logs are saved (the exit is recorded first,
         # the tail right after) ...
         pks = {str(job["pk"]) for job in jobs.values()}
-        wait_until(lambda: not dockerd.containers.list(all=True, filters=label), timeout=30,
+        wait_until(lambda: not dockerd.containers.list(all=True, filters=label, ignore_removed=True), timeout=30,
                    message="the finished containers to be removed")
         logs = dict(Job.objects.filter(site=site).values_list("job_id", "logs_tail"))
         assert {job_id: text.count("FAKE-PYTHON ARGV") for job_id, text in logs.items()} == dict.fromkeys(study_of, 1)
