@@ -8,9 +8,14 @@ subclass its JobLauncherSpec / JobHandleSpec (built on first access); otherwise 
 shape (duck-typed), which is all the launcher protocol needs.
 """
 
-from flare_launcher_client.launcher import FlareLauncherClient, LauncherError
+from flare_launcher_client.client import (
+    ConfigurationError,
+    FlareLauncherClient,
+    LauncherError,
+)
 
-__all__ = ["FlareLauncherClient", "FlareLauncherJobHandle", "FlareLauncherJobLauncher", "LauncherError"]
+__all__ = ["ConfigurationError", "FlareLauncherClient", "FlareLauncherJobHandle", "FlareLauncherJobLauncher",
+           "LauncherError"]
 
 
 def __getattr__(name: str):

@@ -121,6 +121,9 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CELERY_BROKER_URL = "memory://localhost/"
+    # Kombu polls the in-memory broker, every 1 s by default: that was most of a launch's latency
+    # (bench/client_launch.py). Looking at an in-process queue costs next to nothing.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.05}
 # With no REDIS_URL the worker runs as threads inside the web process (launcher_site.embedded).
 LAUNCHER_EMBEDDED = not REDIS_URL
 

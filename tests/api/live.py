@@ -6,6 +6,7 @@ committed and visible to the server, and the server is stopped before the tables
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -36,8 +37,9 @@ def database_url() -> str:
 
 
 class LiveServer:
-    def __init__(self, tmp_path: Path, env_overrides: dict[str, str] | None = None):
-        self.port = free_port()
+    def __init__(self, tmp_path: Path, env_overrides: dict[str, str] | None = None, *, port: int | None = None,
+                 args: tuple[str, ...] = ()):
+        self.port = port or free_port()  # a given port: a restart where the last one listened
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp_path / "server.log"
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DEBUG", "LAUNCHER_REQUIRE_SERVICES")}
@@ -46,10 +48,15 @@ class LiveServer:
                    PORT=str(self.port), LAUNCHER_LOG_LEVEL="WARNING")
         env.update(env_overrides or {})
         (tmp_path / "server-var").mkdir(exist_ok=True)
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(self.port)], cwd=ROOT,
+        self.log = open(self.log_path, "a")
+        self.proc = subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(self.port), *args], cwd=ROOT,
                                      env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        wait_until(self._up, timeout=60, interval=0.2, message="live server to answer /healthz")
+        try:
+            wait_until(self._up, timeout=60, interval=0.2, message="live server to answer /healthz")
+        except BaseException:
+            with contextlib.suppress(AssertionError):  # the start-up failure is the error to report
+                self.stop()
+            raise
 
     def _up(self) -> bool:
         assert self.proc.poll() is None, self.output()

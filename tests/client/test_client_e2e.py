@@ -16,9 +16,11 @@ from flare_launcher_client import FlareLauncherJobLauncher, LauncherError
 from flare_launcher_client.launcher import FlareLauncherClient
 from jobs.models import Job
 from jobs.services.tokens import token_create
-from tests.api.live import free_port, launcher_server  # noqa: F401  (fixture)
+from tests.api.live import free_port
+from tests.api.live import launcher_server as launcher_server_fixture
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.embedded]
+launcher_server = launcher_server_fixture  # a fixture, shared with the other live tests
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -37,9 +39,10 @@ class FakeFLContext:
 
 
 @pytest.fixture
-def launcher(launcher_server, process_site):
+def launcher(launcher_server, process_site, monkeypatch):
     _, secret = token_create(site=process_site)
-    return FlareLauncherJobLauncher(launcher_server.url, secret, "site-1", timeout=30, poll_interval=0.1)
+    monkeypatch.setenv("FLARE_LAUNCHER_TOKEN", secret)
+    return FlareLauncherJobLauncher(url=launcher_server.url, site="site-1", timeout=30)
 
 
 def test_job_runs_to_success_and_failure_with_nvflare_return_codes(launcher, job_args, caplog):
@@ -81,14 +84,16 @@ def test_refused_launch_raises_and_a_dead_launcher_is_retried_then_reported(laun
                                 "job_args": job_args("job-y")})
     assert info.value.status == 400 and "job_meta" in info.value.body
     assert not Job.objects.filter(job_id__in=["job-x", "job-y"]).exists()
-    dead = FlareLauncherClient(f"http://127.0.0.1:{free_port()}", "flr_x", retries=2, backoff=0.01)
+    dead_url = f"http://127.0.0.1:{free_port()}"
+    dead = FlareLauncherClient(dead_url, "flr_x", retries=2, backoff=0.01)
     with pytest.raises(LauncherError) as info:
         dead.job(1)
-    assert info.value.status == 0 and "unreachable" in str(info.value)
+    assert info.value.status == 0 and str(info.value) == f"FLARE Launcher at {dead_url} unreachable: ConnectionError"
 
 
-def test_registers_itself_before_job_launch_and_imports_without_django_or_nvflare():
-    launcher = FlareLauncherJobLauncher("http://127.0.0.1:1", "flr_x", "site-1")
+def test_registers_itself_before_job_launch_and_imports_without_django_or_nvflare(monkeypatch):
+    monkeypatch.setenv("FLARE_LAUNCHER_TOKEN", "flr_x")
+    launcher = FlareLauncherJobLauncher(url="http://127.0.0.1:1", site="site-1")
     ctx = FakeFLContext({}, [])
     launcher.handle_event("_before_job_launch", ctx)
     assert ctx.get_prop("_job_launcher") == [launcher]

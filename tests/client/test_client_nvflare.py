@@ -12,9 +12,10 @@ from nvflare.apis.job_launcher_spec import JobHandleSpec, JobLauncherSpec, JobRe
 
 from flare_launcher_client import FlareLauncherJobLauncher
 from jobs.services.tokens import token_create
-from tests.api.live import launcher_server  # noqa: F401  (fixture)
+from tests.api.live import launcher_server as launcher_server_fixture
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.embedded]
+launcher_server = launcher_server_fixture  # a fixture, shared with the other live tests
 
 
 def fl_context(job_args: dict, set_options: list[str]) -> FLContext:
@@ -26,9 +27,10 @@ def fl_context(job_args: dict, set_options: list[str]) -> FLContext:
 
 
 @pytest.fixture
-def launcher(launcher_server, process_site):
+def launcher(launcher_server, process_site, monkeypatch):
     _, secret = token_create(site=process_site)
-    return FlareLauncherJobLauncher(launcher_server.url, secret, "site-1", timeout=30, poll_interval=0.1)
+    monkeypatch.setenv("FLARE_LAUNCHER_TOKEN", secret)
+    return FlareLauncherJobLauncher(url=launcher_server.url, site="site-1", timeout=30)
 
 
 def test_it_is_an_nvflare_job_launcher_and_returns_nvflare_codes(launcher, job_args):

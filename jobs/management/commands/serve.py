@@ -1,7 +1,10 @@
 """`manage.py serve`: the ASGI web server, plus (embedded default) the worker, beat and watchers."""
 
 import contextlib
+import importlib
 import logging
+import signal
+import threading
 
 import uvicorn
 from django.conf import settings
@@ -33,13 +36,44 @@ class Command(BaseCommand):
 
                 stack.callback(WatcherPool().start().stop)
             self.stdout.write(f"FLARE Launcher on http://{host}:{port}/  (Ctrl-C to stop)")
-            uvicorn.run("launcher_site.asgi:application", host=host, port=port, log_level="warning", access_log=False,
-                        lifespan="off", workers=workers if not settings.LAUNCHER_EMBEDDED else None,
+            uvicorn.run("jobs.management.commands.serve:application", factory=True, host=host, port=port,
+                        log_level="warning", access_log=False, lifespan="off",
+                        workers=workers if not settings.LAUNCHER_EMBEDDED else None,
                         ws_ping_interval=20, ws_ping_timeout=20, timeout_graceful_shutdown=5,
                         # Job updates are small and go to many sockets: compressing each copy per
                         # socket costs more CPU than the bytes are worth.
                         ws_per_message_deflate=False, **proxy_options())
         self.stdout.write("stopped")
+
+
+def application():
+    """uvicorn's app factory. Each server process (every one of `--workers N`) calls it after uvicorn
+    has installed its SIGINT/SIGTERM handler, and chains begin_shutdown in front of that handler: the
+    open long polls answer with the job as it is as soon as shutdown begins, instead of being
+    cancelled (500) when the graceful period runs out."""
+    app = importlib.import_module("launcher_site.asgi").application  # first: it sets Django up
+    from jobs.api.wait import begin_shutdown
+
+    chain_shutdown_signals(begin_shutdown)
+    return app
+
+
+def chain_shutdown_signals(begin) -> None:
+    """Run `begin()` first, then uvicorn's own handler, on SIGINT and SIGTERM. Only uvicorn's handler
+    is wrapped: a single-process `uvicorn.run` also calls the factory once before it installs its
+    handlers, and that call must not wrap Python's default handlers (they are restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if not isinstance(getattr(previous, "__self__", None), uvicorn.Server):
+            continue
+
+        def handler(signum, frame, previous=previous):
+            begin()
+            previous(signum, frame)
+
+        signal.signal(sig, handler)
 
 
 def proxy_options() -> dict:
