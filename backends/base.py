@@ -112,6 +112,30 @@ class DatasetSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SecretEnvRef:
+    """A study `secret_env` entry (§5.2): the job's env var `name` gets a secret's value.
+    Docker: the value of the launcher's own environment variable `source` (`key` unused), read at
+    launch and never stored; Kubernetes: `secretKeyRef {name: source, key: key}`."""
+
+    name: str
+    source: str
+    key: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretMount:
+    """A study `secret_mounts` entry (§5.2), always read-only at `mount_path`. Docker: `source` is a
+    host path bound read-only (confined like dataset sources; `items` refused); Kubernetes: `source`
+    is a Secret name mounted as a Secret volume, `items` its (key, path) projection (None: all keys)."""
+
+    study: str
+    name: str
+    source: str
+    mount_path: str
+    items: tuple[tuple[str, str], ...] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class StudyRuntime:
     """What the site configured for one study (v1 datasets plus the v2 keys the backends use)."""
 
@@ -121,6 +145,8 @@ class StudyRuntime:
     env: Mapping[str, str] = field(default_factory=dict)
     docker_kwargs: Mapping[str, Any] = field(default_factory=dict)
     pod_template: Mapping[str, Any] | None = None
+    secret_env: tuple[SecretEnvRef, ...] = ()
+    secret_mounts: tuple[SecretMount, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

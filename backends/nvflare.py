@@ -4,6 +4,7 @@ backend (launch-semantics.md §1-§2). Pure functions; errors are InvalidJobSpec
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,7 +32,10 @@ SERVER_ARG_ORDER = (
 KNOWN_ARGS = frozenset(
     {"exe_module", "workspace", "startup_dir", "app_root", "auth_token", "auth_signature", "ssid",
      "job_id", "client_name", "root_url", "parent_url", "parent_conn_sec", "service_host",
-     "service_port", "target", "scheme", "startup_config_file", "restore_snapshot", "options"}
+     "service_port", "target", "scheme", "startup_config_file", "restore_snapshot", "options",
+     # Not NVFlare's JobProcessArgs: a Kubernetes job's workspace-transfer credentials, which the
+     # client component (flare_launcher_client.workspace_transfer) adds; never rendered as flags.
+     "workspace_transfer_token", "workspace_owner_fqcn"}
 )
 # NVFlare 2.9's job modules (client_executor.py / server_engine.py build exe_module as ("-m", these)).
 JOB_MODULES = {
@@ -54,6 +58,13 @@ CREDENTIAL_ENV = {
     "auth_token": "NVFLARE_JOB_AUTH_TOKEN",
     "auth_signature": "NVFLARE_JOB_TOKEN_SIGNATURE",
     "ssid": "NVFLARE_JOB_SSID",
+}
+
+# The FL parent's WorkspaceTransferManager registration of a Kubernetes job (launch-semantics.md
+# §4.5): sealed and never stored like the credentials above; only the Kubernetes backend uses them.
+WORKSPACE_TRANSFER_ENV = {
+    "workspace_transfer_token": "NVFL_WORKSPACE_TRANSFER_TOKEN",
+    "workspace_owner_fqcn": "NVFL_WORKSPACE_OWNER_FQCN",
 }
 
 DEFAULT_PYTHON_PATH = "/usr/local/bin/python"
@@ -214,6 +225,8 @@ def normalise_job_args(job_args: Mapping[str, Any], role: str = "client") -> dic
             raise InvalidJobSpec(path, "value must be a string, a number or null")
         if isinstance(value, str) and "\0" in value:
             raise InvalidJobSpec(path, "value must not contain a NUL byte")
+        if name == "options":
+            option_items(flag, value, path)
         if name in flags:
             if flag != flags[name]:
                 raise InvalidJobSpec(path,
@@ -248,8 +261,11 @@ def check_arg_value(value: Any, field: str) -> None:
 def render_command(
     python_path: str, role: str, args: Mapping[str, tuple[str, Any]], set_options: tuple[str, ...] = ()
 ) -> list[str]:
-    """§2: `[python, -u, -m, module, flag, value, ...]` then `--set item...`. Credentials, exe_module
-    and options are never rendered as flags; a None value drops its flag. Every rendered flag and
+    """§2: `[python, -u, -m, module, flag, value, ...]` then `--set item...`. The `--set` items are the
+    `options` arg as NVFlare's process launcher renders it (option_items: it holds the parent's
+    `args.set` items plus `print_conf=True`), else `set_options` (the parent's `args.set`, which is
+    all NVFlare's Docker and K8s launchers pass). Credentials and exe_module are never rendered as
+    flags; a None value drops its flag. Every rendered flag and
     value is checked again here (NVFlare's flag for the role, no flag injection), whoever built `args`."""
     order = SERVER_ARG_ORDER if role == "server" else CLIENT_ARG_ORDER
     flags = ROLE_FLAGS["server" if role == "server" else "client"]
@@ -266,9 +282,34 @@ def render_command(
             check_arg_value(value, f"job_args.{name}")
             if value is not None:
                 argv += [flag, str(value)]
-    if set_options:
-        argv += ["--set", *check_set_options(set_options)]
+    items = option_items(*args["options"]) if "options" in args else check_set_options(set_options)
+    if items:
+        argv += ["--set", *items]
     return argv
+
+
+def option_items(flag: Any, value: Any, field: str = "job_args.options") -> tuple[str, ...]:
+    """The `options` JOB_PROCESS_ARGS entry, `("--set", " k=v k2=v2 print_conf=True")`, as NVFlare's
+    process launcher runs it: the parent joins its `args.set` items and its own (`print_conf=True`,
+    the server's `restore_snapshot=...`) into one string, which generate_*_command() renders after
+    the flag and shlex.split(command, comments=True) cuts into argv items. The items are then checked
+    as set options (key=value, no leading '-', no NUL or line break)."""
+    if flag != "--set":
+        raise InvalidJobSpec(field, f"NVFlare passes options with the flag '--set', not {flag!r}")
+    if value is None:
+        return ()
+    if not isinstance(value, str):
+        raise InvalidJobSpec(field, "value must be a string of space-separated key=value items")
+    if "\0" in value or "\n" in value or "\r" in value:
+        raise InvalidJobSpec(field, "value must not contain NUL or line-break characters")
+    try:
+        items = shlex.split(value, comments=True)
+    except ValueError as exc:  # an unclosed quote: NVFlare's launcher would fail to start the job
+        raise InvalidJobSpec(field, f"cannot be split into items as NVFlare does: {exc}") from None
+    try:
+        return check_set_options(items)
+    except InvalidJobSpec as exc:
+        raise InvalidJobSpec(field, exc.reason) from None
 
 
 def job_command(

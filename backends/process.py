@@ -105,6 +105,9 @@ class ProcessBackend(Backend):
         study = request.study
         datasets = study.datasets if study else ()
         env = dict(self.config.default_job_env)
+        for key in ("secret_env", "secret_mounts"):  # never dropped silently: the job would run without them
+            if study and getattr(study, key):
+                raise InvalidJobSpec(f"study.{study.name}.{key}", "is supported on Docker and Kubernetes sites only")
         if study:
             check_env(study.env, f"study.{study.name}.env")
             env.update(study.env)
@@ -346,7 +349,8 @@ class ProcessBackend(Backend):
                                    message="the job's runner died without recording an exit code")
             return Observation(ref=ref, job_pk=job_pk, state=JobState.RUNNING, at=state.get("started_at"),
                                message=f"process {state['pid']} running")
-        return Observation(ref=ref, job_pk=job_pk, state=JobState.STARTING, at=state.get("created_at"))
+        return Observation(ref=ref, job_pk=job_pk, state=JobState.STARTING, at=state.get("created_at"),
+                           message="process record created; the runner is starting the job")
 
 
 def _not_traversable(path: str, uid: int, gid: int) -> str | None:

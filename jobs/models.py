@@ -84,6 +84,9 @@ class Study(models.Model):
     env = models.JSONField(default=dict, blank=True)
     docker_kwargs = models.JSONField(default=dict, blank=True)
     pod_template = models.JSONField(null=True, blank=True)
+    # References to secrets, never their values (jobs.services.study_secrets has the shapes).
+    secret_env = models.JSONField(default=dict, blank=True, help_text="NAME -> {source, key}.")
+    secret_mounts = models.JSONField(default=dict, blank=True, help_text="name -> {source, mount_path, mode, items}.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -165,6 +168,9 @@ class Job(models.Model):
     # The launch request as built at submit (jobs.services.requests): credentials and study data
     # excluded, both supplied again at launch. None for jobs recorded before it was kept.
     request = models.JSONField(null=True, blank=True, editable=False)
+    # Federated training progress read from the job's own output (jobs.services.progress): round,
+    # total_rounds, last aggregation... None until the output shows any.
+    progress = models.JSONField(null=True, blank=True, editable=False)
     submitted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     submitted_by_token = models.ForeignKey("ApiToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

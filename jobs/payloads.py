@@ -31,8 +31,11 @@ from django.utils import timezone
 JOB_FIELDS = (
     "id", "site", "job_id", "role", "study", "backend", "image", "handle", "state",
     "return_code", "exit_code", "reason", "detail", "created_at", "started_at",
-    "finished_at", "url",
+    "finished_at", "progress", "url",
 )
+# Job.progress as every reader gets it (jobs.services.progress writes it): always these keys.
+PROGRESS_FIELDS = ("round", "total_rounds", "aggregation_round", "aggregated_updates", "finished",
+                   "last_aggregation_at", "updated_at")
 # GET /jobs/{id}/: what was asked (credentials were never stored), the spec as launched (redacted;
 # users only, not site tokens: it carries the site's configuration), and the last change.
 JOB_DETAIL_FIELDS = (*JOB_FIELDS, "job_meta", "job_args", "set_options", "spec", "updated_at")
@@ -98,6 +101,12 @@ def _tz():
     return timezone.get_default_timezone() if settings.USE_TZ else None
 
 
+def _progress(value):
+    # The stored dict's own values (jobs.services.progress checks them before storing), under
+    # exactly PROGRESS_FIELDS, or None before the output shows any progress.
+    return {name: value.get(name) for name in PROGRESS_FIELDS} if isinstance(value, dict) else None
+
+
 def job_payload(job, *, tz=None) -> dict:
     """The job as every reader gets it (JOB_FIELDS). `job.site` should be loaded with it
     (select_related), as for any list of jobs."""
@@ -120,6 +129,7 @@ def job_payload(job, *, tz=None) -> dict:
         "created_at": _when(job.created_at, tz),
         "started_at": _when(job.started_at, tz),
         "finished_at": _when(job.finished_at, tz),
+        "progress": _progress(job.progress),
         "url": job_url(job.pk),
     }
 

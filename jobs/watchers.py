@@ -28,6 +28,7 @@ from backends.base import BackendError, Handle, JobState
 from jobs import events
 from jobs.models import Job, Site, WatcherLease
 from jobs.services.launching import job_apply_observation
+from jobs.services.progress import ProgressFeed
 from jobs.services.reconciliation import site_reconcile
 from jobs.services.sites import site_backend
 
@@ -107,6 +108,7 @@ class LogFollower(threading.Thread):
 
     def run(self) -> None:
         previous: list[str] = []
+        progress = ProgressFeed(self.job_pk)  # the job's rounds and aggregations, from these lines
         tail = max(1, settings.LAUNCHER_LOGS_TAIL_LINES)
         while not self.stop.is_set():
             try:
@@ -116,6 +118,7 @@ class LogFollower(threading.Thread):
             fresh = new_lines(previous, current)
             previous = current
             events.publish_log_lines(self.job_pk, self.site_name, fresh)
+            progress.feed(fresh)
             self.stop.wait(LOG_POLL_SECONDS)
 
 

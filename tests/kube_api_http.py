@@ -176,6 +176,8 @@ class _Handler(BaseHTTPRequestHandler):
                 api.deletions.append((resource, name, None if grace is None else int(grace)))
                 del api.store[resource][(ns, name)]
                 api._bump(resource, ns, "DELETED", current)
+                if resource == "pods" and api.kubelet is not None:
+                    api.kubelet.pod_deleted(ns, name)  # kills its process (takes only the kubelet's lock)
                 return self._send(200, copy.deepcopy(current))
             if method == "PUT":
                 new = copy.deepcopy(body)

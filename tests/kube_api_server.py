@@ -2,14 +2,18 @@
 client to create, read, list, watch, patch and delete Pods, Secrets and Events, plus /version,
 pod logs and SelfSubjectAccessReview.
 
-Nothing here runs containers. A test plays the kubelet and the scheduler itself: it sets a pod's
-status (helpers below build the usual ones), scripts a sequence of statuses and advances it step by
-step, adds Events with a chosen age, and injects 401/403, dropped watches and 410 Gone. Every
+By default nothing here runs containers: a test plays the kubelet and the scheduler itself: it sets
+a pod's status (helpers below build the usual ones), scripts a sequence of statuses and advances it
+step by step, adds Events with a chosen age, and injects 401/403, dropped watches and 410 Gone. Every
 change bumps a global resourceVersion and is delivered to open watches as chunked JSON lines.
+
+`enable_kubelet(root)` switches on a kubelet mode (tests/kube_kubelet.py): each pod created from then
+on runs its main container as a local process, with its Secrets and volumes laid out under `root`.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import socket
@@ -20,6 +24,7 @@ from collections.abc import Callable
 from http.server import ThreadingHTTPServer
 
 from tests.kube_api_http import _fold_string_data, _Handler
+from tests.kube_kubelet import Kubelet
 from tests.kube_objects import (  # noqa: F401  (the status builders: tests call kube.running() etc.)
     KINDS,
     RESOURCES,
@@ -66,6 +71,7 @@ class KubeAPIServer:
         self.stopping = False
         self.version = {"major": "1", "minor": "31", "gitVersion": "v1.31.0-loopback", "platform": "linux/amd64"}
         self.sockets: set[socket.socket] = set()  # open client connections, cut on stop()
+        self.kubelet: Kubelet | None = None
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -84,7 +90,15 @@ class KubeAPIServer:
         self._thread.start()
         return self
 
+    def enable_kubelet(self, root: str, *, env: dict[str, str] | None = None) -> Kubelet:
+        """Run the pods created from now on as local processes (tests/kube_kubelet.py); `env` is
+        added to each container's base environment."""
+        self.kubelet = Kubelet(self, root, env=env)
+        return self.kubelet
+
     def stop(self) -> None:
+        if self.kubelet is not None:
+            self.kubelet.stop()
         with self.cond:
             self.stopping = True
             self.cond.notify_all()
@@ -145,6 +159,8 @@ class KubeAPIServer:
                 self._apply_status(body, steps.pop(0))
         self.store[resource][(ns, name)] = body
         self._bump(resource, ns, "ADDED", body)
+        if resource == "pods" and self.kubelet is not None:
+            self.kubelet.pod_created(ns, name)
         return 201, body
 
     def _apply_status(self, pod: dict, status: dict) -> None:
@@ -174,6 +190,15 @@ class KubeAPIServer:
         with self.cond:
             obj = self.store["secrets"].get((ns, name))
             return copy.deepcopy(obj) if obj else None
+
+    def add_secret(self, name: str, data: dict[str, bytes], ns: str = "default") -> dict:
+        """A Secret made by someone else (a site admin), as `kubectl create secret generic` would."""
+        body = {"metadata": {"name": name}, "type": "Opaque",
+                "data": {k: base64.b64encode(v).decode() for k, v in data.items()}}
+        with self.cond:
+            code, obj = self._create("secrets", ns, body)
+        assert code == 201, obj
+        return copy.deepcopy(obj)
 
     def objects(self, resource: str, ns: str = "default") -> list[dict]:
         with self.cond:

@@ -53,11 +53,15 @@ class DockerSiteConfig:
     allow_root: bool = False
     allow_job_images: bool = False  # job may choose an entrypoint without the site's BYOC marker
     allow_host_ipc: bool = False
+    allow_host_network: bool = False  # network "host": the host's namespace (e.g. to keep job traffic on loopback)
     allow_pull: bool = False
     docker_host: str = ""  # "" -> DOCKER_HOST / the default socket
     shared_file_root: str = ""  # host dir shared-file parent dirs must lie strictly under; "" -> refused
     allow_default_capabilities: bool = False  # keep Docker's default capability set (no cap_drop ALL)
     allow_privilege_escalation: bool = False  # no no-new-privileges (setuid binaries work in the job)
+    # The launcher env vars a study's secret_env may hand to jobs (staff only: secret_env reads the
+    # launcher's own environment, which holds SECRET_KEY, DATABASE_URL...). Empty: none.
+    secret_env_sources: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DockerSiteConfig:
@@ -73,7 +77,7 @@ class DockerSiteConfig:
             if key not in known:
                 raise InvalidJobSpec(f"docker.{key}", f"unknown setting; expected one of {', '.join(sorted(known))}")
         values: dict[str, Any] = {}
-        for key in ("allow_root", "allow_job_images", "allow_host_ipc", "allow_pull",
+        for key in ("allow_root", "allow_job_images", "allow_host_ipc", "allow_host_network", "allow_pull",
                     "allow_default_capabilities", "allow_privilege_escalation"):
             if key in data:
                 if not isinstance(data[key], bool):
@@ -84,8 +88,11 @@ class DockerSiteConfig:
         if "network" in data:
             if not isinstance(data["network"], str) or not NETWORK_RE.match(data["network"]):
                 raise InvalidJobSpec("docker.network", "must be a Docker network name")
-            if data["network"] == "host":  # the host's network namespace, as network_mode: host (NEVER_ALLOWED)
-                raise InvalidJobSpec("docker.network", "'host' shares the host's network namespace and is never allowed")
+            # The host's network namespace (network_mode: host, NEVER_ALLOWED in kwargs): only when staff
+            # name it per site with allow_host_network.
+            if data["network"] == "host" and not values.get("allow_host_network", False):
+                raise InvalidJobSpec("docker.network", "'host' shares the host's network namespace and is never "
+                                                       "allowed without the site setting allow_host_network")
             values["network"] = data["network"]
         if "timeout" in data:
             timeout = data["timeout"]
@@ -108,16 +115,57 @@ class DockerSiteConfig:
             if not isinstance(host, str) or (host and not host.startswith(DOCKER_HOST_SCHEMES)):
                 raise InvalidJobSpec("docker.docker_host", f"must be empty or a URL starting with one of {', '.join(DOCKER_HOST_SCHEMES)}")
             values["docker_host"] = host
+        if "secret_env_sources" in data:
+            values["secret_env_sources"] = _check_secret_env_sources(data["secret_env_sources"])
         if "shared_file_root" in data:
             values["shared_file_root"] = _check_shared_file_root(
                 data["shared_file_root"], values.get("workspace", ""), values.get("docker_host", ""))
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            name: dict(getattr(self, name)) if isinstance(getattr(self, name), Mapping) else getattr(self, name)
-            for name in self.__dataclass_fields__
-        }
+        return {name: _plain(getattr(self, name)) for name in self.__dataclass_fields__}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    return list(value) if isinstance(value, tuple) else value
+
+
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Never a secret_env source, whatever staff list: the launcher's own secrets and settings (the
+# Django/launcher settings, its database, broker and key material) and the job credentials.
+LAUNCHER_SECRET_ENV = frozenset({"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "DOCKER_HOST", "KUBECONFIG"})
+LAUNCHER_SECRET_PREFIXES = ("LAUNCHER_", "DJANGO_", "NVFLARE_", "NVFL_", "POSTGRES", "CELERY_")
+
+
+def _check_secret_env_sources(value: Any) -> tuple[str, ...]:
+    path = "docker.secret_env_sources"
+    if not isinstance(value, (list, tuple)):
+        raise InvalidJobSpec(path, "must be a list of environment variable names")
+    for name in value:
+        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+            raise InvalidJobSpec(path, f"{name!r} is not an environment variable name")
+        if launcher_secret(name):
+            raise InvalidJobSpec(path, f"{name} is the launcher's own setting or secret and is never handed to a job")
+    return tuple(dict.fromkeys(value))
+
+
+def launcher_secret(name: str) -> bool:
+    upper = name.upper()
+    return upper in LAUNCHER_SECRET_ENV or upper.startswith(LAUNCHER_SECRET_PREFIXES) or upper.endswith("_FILE")
+
+
+def check_secret_env_source(source: Any, allowed: tuple[str, ...], path: str) -> str:
+    """A study secret_env `source` on Docker: the name of a launcher environment variable that the
+    site's staff listed in docker.secret_env_sources (and never one of the launcher's own)."""
+    if not isinstance(source, str) or not ENV_NAME_RE.match(source):
+        raise InvalidJobSpec(path, f"{source!r} must name an environment variable of the launcher")
+    if launcher_secret(source) or source not in allowed:
+        shown = ", ".join(allowed) or "none"
+        raise InvalidJobSpec(path, f"{source} is not one of the site's docker.secret_env_sources ({shown}), "
+                                   "which platform staff set")
+    return source
 
 
 def _check_host_dir(value: Any, path: str, *, allow_empty: bool = False) -> str:

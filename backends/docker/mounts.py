@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from backends import nvflare
-from backends.base import BackendError, DatasetSpec, InvalidJobSpec, LaunchSpec
+from backends.base import BackendError, DatasetSpec, InvalidJobSpec, LaunchSpec, SecretMount
 from backends.docker.binds import Pin, Root, exists_beneath, lexical, overlaps, pin, rebase, under, walk
-from backends.common import DOCKER_SOCKETS
+from backends.common import DOCKER_SOCKETS, normpath
 from backends.docker.config import check_user
 from backends.docker.specs import CONTAINER_ROOT, bind
 
@@ -109,6 +109,29 @@ def dataset_mount(
     source = confined_source(dataset.source, f"{path}.source", data_roots=data_roots, workspace=workspace,
                              docker_host=docker_host)
     return bind(source, dataset.mount_path, read_only=dataset.mode == "ro")
+
+
+def secret_mount(
+    mount: SecretMount, study: str, *, data_roots: Sequence[Root], workspace: str, docker_host: str,
+    taken: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The read-only bind of a study secret mount (§5.2): its host source confined like a dataset
+    source, its container path absolute, normalised and clear of the workspace root and of every
+    target in `taken`. `items` is Kubernetes-only (NVFlare's message)."""
+    path = f"study.{study}.secret_mounts.{mount.name}"
+    nvflare.check_name(mount.name, path)
+    if mount.items:
+        raise InvalidJobSpec(f"{path}.items", "items is Kubernetes-only and is not supported by this launcher; "
+                                              "point source at a directory containing only the intended files")
+    target = mount.mount_path
+    if not isinstance(target, str) or not target.startswith("/") or normpath(target) != target or target == "/":
+        raise InvalidJobSpec(f"{path}.mount_path", f"{target!r} must be a normalised absolute path other than '/'")
+    for other in (CONTAINER_ROOT, *taken):
+        if overlaps(target, other):
+            raise InvalidJobSpec(f"{path}.mount_path", f"{target} overlaps the job's mount at {other}")
+    source = confined_source(mount.source, f"{path}.source", data_roots=data_roots, workspace=workspace,
+                             docker_host=docker_host)
+    return bind(source, target, read_only=True)
 
 
 def shared_mount(

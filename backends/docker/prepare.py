@@ -5,17 +5,20 @@ are in backends/docker/specs.py and config.py, the filesystem checks in backends
 
 from __future__ import annotations
 
+import os
+
 from backends import nvflare
 from backends.base import InvalidJobSpec, JobRequest, LaunchSpec, labels_for
 from backends.common import check_workspace_child, workload_name
 from backends.docker.binds import Root
-from backends.docker.config import DockerSiteConfig, check_container_kwargs, check_env
+from backends.docker.config import DockerSiteConfig, check_container_kwargs, check_env, check_secret_env_source
 from backends.docker.mounts import (
     check_job_dir,
     check_nested,
     dataset_mount,
     job_user,
     python_path_dirs,
+    secret_mount,
     shared_mount,
     workspace_dir,
 )
@@ -79,10 +82,15 @@ def launch_spec_for(
     if shared_dir:
         sources = [m["Source"] for m in mounts[4:]] + [d.source for d in (study.datasets if study else ())]
         mounts.append(shared_mount(shared_dir, shared_root=shared_root, dataset_sources=sources, **roots))
+    for secret in study.secret_mounts if study else ():  # §3.3 item 5: after datasets and shared-file
+        mounts.append(secret_mount(secret, study.name, taken=[m["Target"] for m in mounts[1:]], **roots))
     check_nested(mounts)
 
     study_env = check_env(study.env, f"study.{study.name}.env") if study else {}
     env = {**config.default_job_env, **study_env, "USER": "nvflare", "HOME": "/tmp"}
+    # Secret values join the credentials: redacted in the stored spec, added to the container's env
+    # only at create. USER and HOME still win over them, as in NVFlare (§3.4).
+    secrets = {name: value for name, value in secret_env(study, config).items() if name not in ("USER", "HOME")}
     pythonpath = python_path_dirs(workspace, job_id, site)
     if pythonpath:
         env["PYTHONPATH"] = ":".join(pythonpath)
@@ -110,7 +118,29 @@ def launch_spec_for(
         options["security_opt"] = ["no-new-privileges:true"]
     return LaunchSpec(
         backend="docker", site=site, job_pk=str(request.job_pk), job_id=job_id, role=request.role,
-        name=name, image=image, command=tuple(command), env=env, credentials=nvflare.credential_env(args),
+        name=name, image=image, command=tuple(command), env={k: v for k, v in env.items() if k not in secrets},
+        credentials={**secrets, **nvflare.credential_env(args)},
         labels=labels, study=study.name if study else None, datasets=study.datasets if study else (),
         workdir=workdir, options=options,
     )
+
+
+def secret_env(study, config: DockerSiteConfig) -> dict[str, str]:
+    """A study's secret_env on Docker (§3.4): each NAME gets the value of the launcher's environment
+    variable named by `source` (`key` unused), which must be one the site's staff allowed
+    (docker.secret_env_sources). A variable that is not set fails the launch, naming it; values
+    are never logged or stored (they travel as credentials)."""
+    values: dict[str, str] = {}
+    for ref in study.secret_env if study else ():
+        path = f"study.{study.name}.secret_env.{ref.name}"
+        check_env({ref.name: ""}, f"study.{study.name}.secret_env")
+        if ref.name in study.env:
+            raise InvalidJobSpec(path, "is set in both env and secret_env")
+        source = check_secret_env_source(ref.source, config.secret_env_sources, f"{path}.source")
+        value = os.environ.get(source)
+        if value is None:
+            raise InvalidJobSpec(f"{path}.source", f"the launcher's environment variable {source} is not set")
+        if "\0" in value:
+            raise InvalidJobSpec(f"{path}.source", f"the launcher's environment variable {source} holds a NUL byte")
+        values[ref.name] = value
+    return values

@@ -33,6 +33,7 @@ from backends.base import (
     Backend,
     BackendError,
     CheckResult,
+    InvalidJobSpec,
     DatasetSpec,
     Handle,
     JobRequest,
@@ -91,12 +92,15 @@ class KubernetesBackend(Backend):
 
     def launch(self, spec: LaunchSpec) -> Handle:
         """Upsert the startup-kit and credential Secrets, create the pod (adopting a same-job pod on
-        409), then make the pod own the credential Secret. Raises BackendError; never leaves a
-        credential Secret behind without a pod."""
+        409), then make the pod own the credential Secret. A pod that mounts the startup kit is
+        created only after its Secret exists (a missing one would leave it in FailedMount).
+        Raises BackendError; never leaves a credential Secret behind without a pod."""
         core = self.api.core()
         pod_manifest = spec.options["pod"]
         name = spec.name
-        if self.config.startup_dir:
+        if spec.options.get("startup_secret"):
+            if not self.config.startup_dir:  # prepared before the site's startup_dir was removed
+                raise InvalidJobSpec("kubernetes.startup_dir", "required: the pod mounts the startup kit Secret")
             self.api.upsert_secret(km.startup_secret(
                 name=spec.options["startup_secret"], namespace=self.api.namespace, labels=spec.labels,
                 files=read_startup_kit(self.config.startup_dir)))
@@ -393,9 +397,13 @@ def read_startup_kit(directory: str) -> dict[str, bytes]:
     try:
         entries = list(os.scandir(directory))
     except OSError as exc:
-        raise BackendError(f"cannot read the startup kit {directory}: {exc}") from exc
+        raise InvalidJobSpec("kubernetes.startup_dir", f"cannot read the startup kit {directory}: "
+                                                       f"{exc.strerror or type(exc).__name__}") from exc
     for entry in entries:
         if entry.name.endswith(km.STARTUP_KIT_SUFFIXES) and entry.is_file(follow_symlinks=False):
             with open(entry.path, "rb") as f:
                 files[entry.name] = f.read()
+    if not files:  # the job could not connect to its parent without fed_client.json / certificates
+        raise InvalidJobSpec("kubernetes.startup_dir", f"{directory} holds no startup kit files "
+                                                       f"({', '.join(km.STARTUP_KIT_SUFFIXES)})")
     return files

@@ -80,8 +80,10 @@ class KubernetesSiteConfig:
     ephemeral_storage: str = "1Gi"
     workspace_mount_path: str = "/var/tmp/nvflare/workspace"
     image_pull_secrets: tuple[str, ...] = ()
-    startup_dir: str | None = None  # host path of the parent's startup kit, copied into a Secret
-    parent_fqcn: str | None = None  # NVFL_WORKSPACE_OWNER_FQCN; None -> the site name
+    # Host path of the parent's startup kit, copied into a Secret before each pod; required for
+    # NVFlare jobs (prepare refuses them without it), not for the launcher's own probe.
+    startup_dir: str | None = None
+    parent_fqcn: str | None = None  # NVFL_WORKSPACE_OWNER_FQCN when the parent sends none; None -> site name
     request_timeout: float = 10  # seconds for each API call (Celery tasks rely on it to stay bounded)
     pod_security: str = pss.DEFAULT_LEVEL  # staff-only: the Pod Security Standard study pod_templates must meet
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backends.base import DatasetSpec, InvalidJobSpec
+from backends.base import DatasetSpec, InvalidJobSpec, SecretEnvRef, SecretMount
 
 NAME_MAX = 63  # RFC 1123 label
 SITE_LABEL_MAX = 47
@@ -81,6 +81,10 @@ def dataset_volume_name(study: str, dataset: str) -> str:
     return site_label(f"data-{study}-{dataset}", NAME_MAX)
 
 
+def secret_volume_name(study: str, name: str) -> str:
+    return site_label(f"secret-{study}-{name}", NAME_MAX)
+
+
 def label_value(value: str) -> str:
     """A valid label value for `value`: kept when already valid, else sanitised with a hash suffix
     so two different inputs never share a value (selectors must not mix sites or jobs)."""
@@ -142,6 +146,8 @@ class PodInputs:
     credential_env: Sequence[str] = ()  # env names read from the credential Secret
     credential_secret: str = ""
     datasets: Sequence[DatasetSpec] = ()
+    secret_env: Sequence[SecretEnvRef] = ()  # study secret_env: secretKeyRef {name: source, key}
+    secret_mounts: Sequence[SecretMount] = ()  # study secret_mounts: read-only Secret volumes
     resources: Mapping[str, Any] = field(default_factory=dict)
     image_pull_secrets: Sequence[str] = ()
     security_context: Mapping[str, Any] = field(default_factory=dict)
@@ -165,12 +171,21 @@ def build_pod(inputs: PodInputs) -> dict[str, Any]:
         volume = dataset_volume_name(ds.study, ds.name)
         volumes.append({"name": volume, "persistentVolumeClaim": {"claimName": ds.source}})
         mounts.append({"name": volume, "mountPath": ds.mount_path, "readOnly": ds.mode == "ro"})
+    for sm in inputs.secret_mounts:  # §4.4: after the datasets, always read-only
+        volume = secret_volume_name(sm.study, sm.name)
+        source: dict[str, Any] = {"secretName": sm.source}
+        if sm.items:
+            source["items"] = [{"key": key, "path": path} for key, path in sm.items]
+        volumes.append({"name": volume, "secret": source})
+        mounts.append({"name": volume, "mountPath": sm.mount_path, "readOnly": True})
 
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in inputs.env.items() if v != ""]
     env += [
         {"name": name, "valueFrom": {"secretKeyRef": {"name": inputs.credential_secret, "key": name}}}
         for name in inputs.credential_env
     ]
+    env += [{"name": ref.name, "valueFrom": {"secretKeyRef": {"name": ref.source, "key": ref.key}}}
+            for ref in inputs.secret_env]  # §4.5: after the credentials
     container: dict[str, Any] = {
         "name": inputs.container,
         "image": inputs.image,

@@ -82,12 +82,31 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class JobProgressSerializer(serializers.Serializer):
+    """Federated training progress read from the job's own output (an FL server job's rounds and
+    aggregations; a client job's round); null until the output shows any. Times are when the
+    launcher saw the line."""
+
+    round = serializers.IntegerField(allow_null=True, min_value=0, help_text=(
+        "The round in progress as NVFlare numbers it (0 for the first)."))
+    total_rounds = serializers.IntegerField(allow_null=True, min_value=1, help_text=(
+        "How many rounds the job runs (its output or its deployed server config); null when unknown."))
+    aggregation_round = serializers.IntegerField(allow_null=True, min_value=0, help_text=(
+        "The round of the last aggregation seen."))
+    aggregated_updates = serializers.IntegerField(allow_null=True, min_value=0, help_text=(
+        "How many client updates the last aggregation took in, when the output says."))
+    finished = serializers.BooleanField(help_text="The workflow said it finished training.")
+    last_aggregation_at = serializers.DateTimeField(allow_null=True)
+    updated_at = serializers.DateTimeField(allow_null=True)
+
+
 # The job payload (jobs.payloads) as the schema declares it: the fields are declared here, for
 # drf-spectacular; the output is job_payload's, which every other reader of a job gets too (websocket
 # pushes, the long poll, resume). (Comments, not docstrings: a docstring is the schema's description.)
 class JobSerializer(serializers.ModelSerializer):
     site = serializers.SlugRelatedField(slug_field="name", read_only=True)
     url = serializers.SerializerMethodField()
+    progress = JobProgressSerializer(read_only=True, allow_null=True)
 
     class Meta:
         model = Job
@@ -158,7 +177,9 @@ JOB_ARGS_SCHEMA = {
     "description": "JOB_PROCESS_ARGS as NVFlare's parent builds them: name -> [flag, value]. Arguments rendered "
                    "on the command line must carry NVFlare's flag for the role and a value not starting with '-'; "
                    "exe_module is ['-m', <module>]; credentials (auth_token, auth_signature, ssid) reach the job "
-                   "only through its environment and are never stored.",
+                   "only through its environment and are never stored. Kubernetes sites only: "
+                   "workspace_transfer_token and workspace_owner_fqcn (['', value]), the FL parent's "
+                   "WorkspaceTransferManager registration of the job, kept like the credentials.",
     "properties": {
         "exe_module": {"type": "array", "minItems": 2, "maxItems": 2, "description": "['-m', <dotted module name>]",
                        "items": {"type": "string", "minLength": 1, "maxLength": nvflare.MODULE_MAX_LENGTH}},

@@ -45,13 +45,28 @@ _RUNTIME_STUDY = {
             "required": ["source", "mode"], "additionalProperties": False}},
         "env": {"type": "object", "additionalProperties": {
             "oneOf": [{"type": "string", "minLength": 1}, {"type": "number"}, {"type": "boolean"}]}},
+        "secret_env": {
+            "type": "object",
+            "description": "NAME -> {source, key}. Docker: source names a launcher environment variable that "
+                           "staff listed in docker.secret_env_sources (key unused); Kubernetes: a Secret and its key.",
+            "additionalProperties": {"type": "object", "properties": {"source": _SOURCE, "key": _SOURCE},
+                                     "required": ["source", "key"], "additionalProperties": False}},
+        "secret_mounts": {
+            "type": "object",
+            "description": "name -> read-only mount. Docker: source is a host path under the site's data roots; "
+                           "Kubernetes: a Secret, with `items` (key -> path) to project some keys.",
+            "additionalProperties": {"type": "object", "properties": {
+                "source": _SOURCE, "mount_path": {"type": "string", "pattern": "^/"},
+                "mode": {"type": "string", "enum": ["ro"]},
+                "items": {"type": "object", "minProperties": 1, "additionalProperties": _SOURCE}},
+                "required": ["source", "mount_path"], "additionalProperties": False}},
+        "slurm": {**_ANY_OBJECT, "description": "Slurm-only: refused by every backend here (NVFlare's rule)."},
     },
     "additionalProperties": False,
 }
 STUDY_RUNTIME_SCHEMA = {
     "type": "object",
-    "description": "NVFlare's v2 local/study_runtime.yaml. `secret_env`, `secret_mounts` and `slurm` are refused "
-                   "(not supported yet).",
+    "description": "NVFlare's v2 local/study_runtime.yaml. `slurm` is refused (Slurm-only).",
     "properties": {
         "format_version": {"type": "integer", "enum": [study_files.FORMAT_VERSION]},
         "studies": {"type": "object", "nullable": True, "additionalProperties": _RUNTIME_STUDY},

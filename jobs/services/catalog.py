@@ -14,7 +14,7 @@ from django.db import transaction
 from backends import config_class
 from backends.base import InvalidJobSpec
 from backends.common import DOCKER_SOCKETS, LAUNCHER_OWNED_ENV, NEVER_MOUNTABLE, overlaps_protected, under_allowed_roots
-from backends.docker.config import check_container_kwargs
+from backends.docker.config import check_container_kwargs, check_secret_env_source
 from backends.kubernetes import pod_security as pss
 from jobs.models import ACTIVE, Backend, Dataset, Site, Study
 from jobs.services import policy
@@ -22,6 +22,8 @@ from jobs.services import policy
 BACKEND_FIELDS = tuple(Backend.values)  # "docker", "kubernetes", "process": one JSON block each
 STUDY_FIELD_MAX_BYTES = 64 * 1024  # each of a study's env, docker_kwargs and pod_template
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SECRET_FIELDS = ("secret_env", "secret_mounts")
+K8S_CREDENTIAL_SECRET_PREFIX = "nvflare-cred-"  # the per-job credential Secrets (launch-semantics.md §4.5)
 PVC_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
@@ -160,20 +162,27 @@ def study_clean(study: Study, *, exclude=None) -> Study:
 
 
 def _study_apply(study: Study, *, actor: Any = None, **fields: Any) -> Study:
-    allowed = {"name", "description", "image", "env", "docker_kwargs", "pod_template"}
+    allowed = {"name", "description", "image", "env", "docker_kwargs", "pod_template", "secret_env", "secret_mounts"}
     unknown = set(fields) - allowed
     if unknown:
         raise ValidationError({sorted(unknown)[0]: ["Unknown study field."]})
     kwargs_before = dict(study.docker_kwargs or {}) if study.pk else {}
+    secrets_before = {key: (getattr(study, key) or {}) if study.pk else {} for key in SECRET_FIELDS}
     for key, value in fields.items():
         setattr(study, key, value if value is not None or key == "pod_template" else ("" if key in ("description", "image") else {}))
     policy.check_docker_kwargs_change(actor, kwargs_before, study.docker_kwargs)
+    if study.site.backend == "kubernetes" and not policy.is_staff(actor):
+        # A Kubernetes source is any Secret of the namespace (a service account's token, the
+        # startup kit...): naming one is staff's, as a pod template naming a Secret is.
+        changed = [key for key in SECRET_FIELDS if (getattr(study, key) or {}) != secrets_before[key]]
+        if changed:
+            raise policy.StaffOnly(changed)
     return _save_validated(study, _study_errors(study))
 
 
 def _study_errors(study: Study) -> dict[str, list[str]]:
     errors: dict[str, list[str]] = {}
-    for name in ("env", "docker_kwargs", "pod_template"):
+    for name in ("env", "docker_kwargs", "pod_template", "secret_env", "secret_mounts"):
         size = len(json.dumps(getattr(study, name), separators=(",", ":"), default=str))
         if size > STUDY_FIELD_MAX_BYTES:  # kept in a row every viewer reads, and every launch copies
             errors[name] = [f"Is {size} bytes as JSON; the limit is {STUDY_FIELD_MAX_BYTES} bytes."]
@@ -205,6 +214,7 @@ def _study_errors(study: Study) -> dict[str, list[str]]:
                                    allow_host_ipc=isinstance(docker, dict) and docker.get("allow_host_ipc") is True)
         except InvalidJobSpec as exc:
             errors["docker_kwargs"] = [f"{exc.field}: {exc.reason}"]
+    errors.update(_secret_errors(study))
     if "pod_template" not in errors and study.pod_template:
         level = pod_security_level(study.site)
         violations = pss.template_violations(study.pod_template, level, prefix="pod_template")
@@ -212,6 +222,58 @@ def _study_errors(study: Study) -> dict[str, list[str]]:
             errors["pod_template"] = [f"Not allowed at the site's pod_security level {level!r} (set by platform staff): "
                                       + v for v in violations]
     return errors
+
+
+def _secret_errors(study: Study) -> dict[str, list[str]]:
+    """secret_env / secret_mounts: NVFlare's shape (study_secrets), then the site's bounds. Docker
+    reads secret_env values from the launcher's own environment, so only variables staff listed in
+    docker.secret_env_sources may be named; a secret mount's host source is confined like a
+    dataset's. Kubernetes sources are Secret names, never a job's credential Secret. The process
+    backend has neither."""
+    from jobs.services.study_secrets import LAUNCHER_MODE, StudyFileError, parse_secret_env, parse_secret_mounts
+
+    site, errors = study.site, {}
+    for field, parse in (("secret_env", lambda v: parse_secret_env(study.name, v, study.env or {})),
+                         ("secret_mounts", lambda v: parse_secret_mounts(study.name, v, LAUNCHER_MODE[site.backend]))):
+        value = getattr(study, field)
+        if value is None:
+            value = {}
+            setattr(study, field, value)
+        try:
+            setattr(study, field, parse(value))
+        except StudyFileError as exc:
+            errors[field] = [str(exc)]
+            continue
+        if value and site.backend == "process":
+            errors[field] = [f"{field} is supported on Docker and Kubernetes sites only (a local process has no "
+                             "secret store or mounts)."]
+    if errors:
+        return errors
+    for name, ref in study.secret_env.items():
+        problem = _secret_source_error(site, ref["source"], env=True)
+        if problem:
+            errors.setdefault("secret_env", []).append(f"{name}.source: {problem}")
+    for name, mount in study.secret_mounts.items():
+        problem = _secret_source_error(site, mount["source"], env=False)
+        if problem:
+            errors.setdefault("secret_mounts", []).append(f"{name}.source: {problem}")
+    return errors
+
+
+def _secret_source_error(site: Site, source: str, *, env: bool) -> str | None:
+    if site.backend == "kubernetes":
+        if not PVC_NAME_RE.match(source) or source.startswith(K8S_CREDENTIAL_SECRET_PREFIX):
+            return f"{source!r} must name a Secret of the site's namespace (never a job's {K8S_CREDENTIAL_SECRET_PREFIX}*)."
+        return None
+    if env:
+        docker = _normalised_block("docker", site.docker)
+        allowed = tuple(docker.get("secret_env_sources") or ()) if isinstance(docker, dict) else ()
+        try:
+            check_secret_env_source(source, allowed, "source")
+        except InvalidJobSpec as exc:
+            return exc.reason[0].upper() + exc.reason[1:] + "."
+        return None
+    return dataset_source_error(site, source)
 
 
 def pod_security_level(site: Site) -> str:

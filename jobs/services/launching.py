@@ -17,7 +17,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 
-from backends.base import BackendError, Handle, InvalidJobSpec, JobState, Observation
+from backends.base import BackendError, Handle, InvalidJobSpec, JobState, Observation, ReturnCode
 from jobs.models import Job
 from jobs.services.lifecycle import job_note, job_observe, verdict
 from jobs.services.requests import request_to_launch
@@ -35,6 +35,10 @@ def job_launch(*, job_pk: int, credentials: dict[str, Any]) -> Job | None:
     # saw the workload being created; the backend adopts whatever already exists.
     if job is None or job.state not in (JobState.QUEUED, JobState.STARTING):
         return job
+    if job.terminate_requested_at is not None:
+        # Terminated while this launch waited (a retry, a redelivery, a resubmit re-queued it):
+        # never start a workload for it; stop whatever an earlier attempt may have started.
+        return job_terminate(job_pk=job.pk)
     backend = site_backend(job.site)
     try:
         spec = backend.prepare(request_to_launch(job, credentials=credentials))
@@ -42,8 +46,7 @@ def job_launch(*, job_pk: int, credentials: dict[str, Any]) -> Job | None:
     except BackendError as exc:
         if exc.retryable:
             raise
-        reason = "InvalidSpec" if isinstance(exc, InvalidJobSpec) else "LaunchError"
-        job, _ = job_observe(job, verdict(JobState.LAUNCH_FAILED, message=str(exc), reason=reason), source="worker")
+        job, _ = job_observe(job, launch_failed(exc), source="worker")
         return job
     created = Observation(ref=handle.ref, state=JobState.STARTING, message=f"{backend.kind} workload {handle.ref} created")
     job, _ = job_observe(job, created, source="worker", launched=spec)
@@ -52,6 +55,21 @@ def job_launch(*, job_pk: int, credentials: dict[str, Any]) -> Job | None:
     # The watcher normally reports what follows; inspecting once closes the gap for a fast job.
     observation = backend.inspect(handle, terminate_requested=job.terminate_requested_at is not None)
     return job_apply_observation(observation, source="worker", job=job)
+
+
+def launch_failed(exc: BackendError) -> Observation:
+    """The verdict on a launch that failed for good. A request the launcher refuses (InvalidJobSpec:
+    the submitter's spec, or a study/site setting that changed under it) is EXCEPTION (101): NVFlare's
+    launchers raise on such a spec before any workload exists, and 103 CONFIG_ERROR is what a *job
+    process* exits with when its own job config is wrong. Anything else (image missing, the daemon
+    refusing the create, the engine unreachable) means the launch never started: INFRASTRUCTURE_ERROR
+    (104), which NVFlare's parents report for a job that died before checking in, and which the parent
+    keeps over any _process_rc.txt."""
+    if isinstance(exc, InvalidJobSpec):
+        return verdict(JobState.LAUNCH_FAILED, message=str(exc), reason="InvalidSpec",
+                       return_code=int(ReturnCode.EXCEPTION))
+    return verdict(JobState.LAUNCH_FAILED, message=str(exc), reason="LaunchError",
+                   return_code=int(ReturnCode.INFRASTRUCTURE_ERROR))
 
 
 def job_terminate(*, job_pk: int) -> Job | None:

@@ -5,7 +5,8 @@ its events (tests/live/test_one_door.py keeps it so).
 - job_observe: what was seen of a job's workload (an Observation, from a backend or the
   launcher's own `verdict`): forward-only state changes, one JobEvent each, published after commit.
 - job_note: what is not a state change: a timeline note, the logs tail saved after an exit, a
-  terminate request.
+  terminate request, the training progress read from the job's output (jobs.services.progress;
+  a stored tail updates it too).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from backends.base import Handle, JobState, LaunchSpec, Observation, ReturnCode
 from backends.logtail import cap_tail
 from jobs import events
 from jobs.models import EventSource, Job, JobEvent, Site
+from jobs.services.progress import job_progress_from_tail
 
 # Forward-only: a job may only move to a state of higher rank. All terminal states share the top
 # rank, so the first terminal state sticks and later ones are ignored.
@@ -41,7 +43,21 @@ DEFAULT_RETURN_CODE = {
     JobState.FAILED: ReturnCode.EXECUTION_ERROR,
     JobState.ABORTED: ReturnCode.ABORTED,
     JobState.LOST: ReturnCode.ABORTED,  # as NVFlare: a container that vanished counts as aborted
-    JobState.LAUNCH_FAILED: ReturnCode.EXCEPTION,
+    # A launch that never started (engine unreachable after the retries, image missing, the daemon
+    # refusing the create): INFRASTRUCTURE_ERROR, as NVFlare's parents report a job that died before
+    # checking in. A spec the submitter got wrong is recorded with EXCEPTION (101) by its caller.
+    JobState.LAUNCH_FAILED: ReturnCode.INFRASTRUCTURE_ERROR,
+}
+# The timeline entry of a state change whose observation said nothing: never an empty event.
+DEFAULT_MESSAGE = {
+    JobState.QUEUED: "queued",
+    JobState.STARTING: "workload starting",
+    JobState.RUNNING: "workload running",
+    JobState.SUCCEEDED: "finished successfully",
+    JobState.FAILED: "failed",
+    JobState.ABORTED: "aborted",
+    JobState.LAUNCH_FAILED: "launch failed",
+    JobState.LOST: "workload lost",
 }
 
 
@@ -65,7 +81,7 @@ def job_create(
     with transaction.atomic():
         job = Job.objects.create(site=site, job_id=job_id, **fields)
         event = JobEvent.objects.create(job=job, from_state="", to_state=JobState.QUEUED, source=source,
-                                        message=message)
+                                        message=message or DEFAULT_MESSAGE[JobState.QUEUED])
         for note in notes:
             JobEvent.objects.create(job=job, from_state=JobState.QUEUED, to_state=JobState.QUEUED, source=source,
                                     message=note)
@@ -100,10 +116,15 @@ def job_observe(
         handle = Handle(job.backend or job.site.backend, observation.ref).as_dict() if observation.ref else None
         dirty = _fill_missing(job, handle=handle, logs_tail=logs_tail,
                               spec=launched.redacted() if launched else None, image=launched.image if launched else None)
+        progress = job_progress_from_tail(job, logs_tail) if logs_tail else None
+        if progress is not None:
+            job.progress, dirty = progress, True
 
         if current.is_terminal or RANK[new] <= RANK[current]:
             if dirty:
                 job.save()
+            if progress is not None:
+                _publish_after_commit(job, None)
             return job, False
 
         if job.terminate_requested_at and new in (JobState.FAILED, JobState.LOST):
@@ -123,8 +144,9 @@ def job_observe(
                 job.logs_tail = logs_tail
         if observation.reason:
             job.reason = observation.reason[:200]
-        if message:
-            job.detail = message
+        if not message:
+            message = _default_message(new, job.return_code if new.is_terminal else None, observation.reason)
+        job.detail = message
         job.save()
         event = JobEvent.objects.create(job=job, from_state=current, to_state=new, message=message, source=source)
         _publish_after_commit(job, event)
@@ -133,7 +155,7 @@ def job_observe(
 
 def job_note(
     job: Job | int, *, source: str, message: str = "", logs_tail: str | None = None,
-    terminate_requested: bool = False,
+    terminate_requested: bool = False, progress: dict | None = None,
 ) -> tuple[Job, bool]:
     """Record what is not a state change; returns (job, changed).
 
@@ -141,7 +163,9 @@ def job_note(
     exact repeat of the previous note. `logs_tail`: a finished job's output, kept when the job has
     none yet (watchers record an exit first and read its tail afterwards; the job's page is told to
     reload the saved tail; no JobEvent). `terminate_requested`: stamp the request (kept from the
-    first), so that an exit observed afterwards counts as aborted.
+    first), so that an exit observed afterwards counts as aborted. `progress`: the job's training
+    progress (jobs.services.progress), stored when it differs and pushed as a job.update (no JobEvent);
+    a stored tail updates it too.
     """
     _check_source(source)
     logs_tail = _kept_tail(logs_tail)
@@ -156,6 +180,11 @@ def job_note(
             dirty = changed = True
             job_pk = job.pk
             transaction.on_commit(lambda: events.publish_logs_saved(job_pk))
+            progress = job_progress_from_tail(job, logs_tail) or progress
+        progressed = progress is not None and progress != job.progress
+        if progressed:
+            job.progress = progress
+            dirty = changed = True
         event = None
         if message:
             last = job.events.order_by("-id").first()
@@ -165,9 +194,16 @@ def job_note(
                 dirty = changed = True  # saving bumps updated_at, so lists show the note's time
         if dirty:
             job.save()
-        if event is not None:
+        if event is not None or progressed:
             _publish_after_commit(job, event)
         return job, changed
+
+
+def _default_message(state: JobState, return_code: int | None, reason: str) -> str:
+    text = DEFAULT_MESSAGE[state]
+    if return_code is not None:
+        text += f" (return code {return_code})"
+    return f"{text}: {reason}" if reason else text
 
 
 def _check_source(source: str) -> None:
@@ -199,8 +235,8 @@ def _fill_missing(job: Job, **values: Any) -> bool:
     return dirty
 
 
-def _publish_after_commit(job: Job, event: JobEvent) -> None:
+def _publish_after_commit(job: Job, event: JobEvent | None) -> None:
     # The row as committed (a copy: the caller may change its object afterwards), so the publisher
-    # does not read it back.
-    committed, event_id = copy.copy(job), event.pk
+    # does not read it back. No event (a progress change): no seq, so resume never skips it.
+    committed, event_id = copy.copy(job), event.pk if event is not None else None
     transaction.on_commit(lambda: events.publish_job(committed.pk, seq=event_id, job=committed))

@@ -16,7 +16,7 @@ from backends.base import JobRequest
 from jobs.models import Job
 from jobs.services.sites import study_runtime
 
-CREDENTIAL_ARGS = tuple(nvflare.CREDENTIAL_ENV)
+CREDENTIAL_ARGS = (*nvflare.CREDENTIAL_ENV, *nvflare.WORKSPACE_TRANSFER_ENV)
 
 
 def request_to_store(request: JobRequest) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 
 from backends import backend_class, config_class
-from backends.base import Backend, DatasetSpec, InvalidJobSpec, StudyRuntime
+from backends.base import Backend, DatasetSpec, InvalidJobSpec, SecretEnvRef, SecretMount, StudyRuntime
 from jobs.models import Site, Study
 
 _cache: dict[int, tuple[Any, Backend]] = {}
@@ -59,5 +59,11 @@ def study_runtime(site: Site, study_name: str) -> StudyRuntime | None:
         env=dict(study.env or {}),
         docker_kwargs=dict(study.docker_kwargs or {}),
         pod_template=study.pod_template,
+        secret_env=tuple(SecretEnvRef(name=name, source=ref["source"], key=ref["key"])
+                         for name, ref in (study.secret_env or {}).items()),
+        secret_mounts=tuple(
+            SecretMount(study=study.name, name=name, source=m["source"], mount_path=m["mount_path"],
+                        items=tuple(m["items"].items()) if m.get("items") else None)
+            for name, m in (study.secret_mounts or {}).items()),
     )
 

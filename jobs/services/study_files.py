@@ -5,8 +5,10 @@ study_runtime.py, launch-semantics.md §5.1-§5.2): same checks, messages naming
 way they do. Replacing is all or nothing: the whole file is parsed first, then applied through the
 catalog services inside one transaction, so one bad entry leaves the site unchanged.
 
-v2 keys this launcher cannot honour yet (`secret_env`, `secret_mounts`, `slurm`) are refused with a
-clear message rather than dropped: silently losing a secret would launch a job without it.
+v2 `secret_env` and `secret_mounts` are parsed as NVFlare does (jobs.services.study_secrets) and
+stored as references (never values); `slurm` is parsed and then refused with NVFlare's message, as
+every launcher but Slurm's refuses it. Mode-dependent rules (`items` Kubernetes-only) apply when the
+site's backend is known (study_runtime_replace).
 """
 
 from __future__ import annotations
@@ -21,21 +23,27 @@ from django.db import transaction
 
 from jobs.models import Site, Study
 from jobs.services import catalog
+from jobs.services.study_secrets import (
+    LAUNCHER_MODE,
+    StudyFileError,
+    parse_secret_env,
+    parse_secret_mounts,
+    parse_slurm,
+    refuse_slurm,
+)
 from jobs.services.values import Unstorable, check_storable
+
+__all__ = ["StudyFileError"]  # defined with the secret parsers; raised by everything here
 
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$")
 MODES = ("ro", "rw")
 FORMAT_VERSION = 2
 STUDY_KEYS_V2 = ("container", "pod_template", "docker_kwargs", "datasets", "env", "secret_env", "secret_mounts", "slurm")
-NOT_SUPPORTED_V2 = ("secret_env", "secret_mounts", "slurm")
 DATASET_KEYS_V2 = ("type", "source", "mode")
+SECRET_FIELDS = ("secret_env", "secret_mounts")
 RESERVED_DATASET_TYPES = ("databricks",)
 V1_FILE = "study_data.yaml"
 V2_FILE = "study_runtime.yaml"
-
-
-class StudyFileError(ValueError):
-    """The file cannot be used; the message names the study/dataset and the reason."""
 
 
 YAML_MAX_BYTES = 1024 * 1024  # a study file is a few KiB; the API body limit is 1 MiB too
@@ -176,13 +184,15 @@ def study_data_replace(site: Site, text: str | bytes | None = None, *, data: Any
 # ---------------------------------------------------------------------------------------------
 
 
-def study_runtime_parse(text: str | bytes) -> dict[str, dict[str, Any]]:
+def study_runtime_parse(text: str | bytes, *, backend: str | None = None) -> dict[str, dict[str, Any]]:
     """Parse and validate a v2 study_runtime.yaml into study -> {image, env, docker_kwargs,
-    pod_template, datasets}. Raises StudyFileError."""
-    return study_runtime_validate(yaml_load(text, V2_FILE))
+    pod_template, datasets}, plus `secret_env` / `secret_mounts` for a study that has them
+    (jobs.services.study_secrets gives their shape). `backend`: the site's, for NVFlare's
+    mode-dependent rules. Raises StudyFileError (a `slurm` block always: no backend here is Slurm)."""
+    return study_runtime_validate(yaml_load(text, V2_FILE), backend=backend)
 
 
-def study_runtime_validate(data: Any) -> dict[str, dict[str, Any]]:
+def study_runtime_validate(data: Any, *, backend: str | None = None) -> dict[str, dict[str, Any]]:
     config = _mapping(data, "file content")
     _known(config, ("format_version", "studies"), "top level")
     version = config.get("format_version")
@@ -190,17 +200,16 @@ def study_runtime_validate(data: Any) -> dict[str, dict[str, Any]]:
         raise StudyFileError(f"format_version must be {FORMAT_VERSION}, got {version!r}.")
     studies = config.get("studies")
     studies = _mapping({} if studies is None else studies, "studies")
-    return {_name(study, "study name"): _runtime_study(study, entry) for study, entry in studies.items()}
+    return {_name(study, "study name"): _runtime_study(study, entry, backend) for study, entry in studies.items()}
 
 
-def _runtime_study(study: str, entry: Any) -> dict[str, Any]:
+def _runtime_study(study: str, entry: Any, backend: str | None = None) -> dict[str, Any]:
     label = f"studies.{study}"
     entry = _mapping(entry, label)
     _known(entry, STUDY_KEYS_V2, label)
-    for key in NOT_SUPPORTED_V2:
-        if key in entry:
-            raise StudyFileError(f"{label}.{key} is not supported by FLARE Launcher yet; remove it "
-                                 "(the launcher would otherwise start jobs without it).")
+    if "slurm" in entry:  # parsed with NVFlare's schema first, so a malformed block says what is wrong
+        parse_slurm(study, entry["slurm"])
+        refuse_slurm(study, backend)
     result: dict[str, Any] = {"image": "", "env": {}, "docker_kwargs": {}, "pod_template": None, "datasets": {}}
     if "container" in entry:
         container = _mapping(entry["container"], f"{label}.container")
@@ -223,7 +232,13 @@ def _runtime_study(study: str, entry: Any) -> dict[str, Any]:
                               for name, value in datasets.items()}
     if "env" in entry:
         result["env"] = _runtime_env(study, entry["env"])
-    for key in ("docker_kwargs", "pod_template", "env"):
+    if "secret_env" in entry:
+        result["secret_env"] = parse_secret_env(study, entry["secret_env"], result["env"])
+    if "secret_mounts" in entry:
+        result["secret_mounts"] = parse_secret_mounts(study, entry["secret_mounts"], LAUNCHER_MODE.get(backend or ""))
+    for key in ("docker_kwargs", "pod_template", "env", *SECRET_FIELDS):
+        if key not in result:
+            continue
         _check_size(result[key], f"{label}.{key}")
     return result
 
@@ -299,6 +314,9 @@ def study_runtime_export(site: Site) -> dict[str, Any]:
             entry["datasets"] = datasets
         if study.env:
             entry["env"] = study.env
+        for key in SECRET_FIELDS:
+            if getattr(study, key):
+                entry[key] = getattr(study, key)
         studies[study.name] = entry
     return {"format_version": FORMAT_VERSION, "studies": studies}
 
@@ -312,8 +330,10 @@ def study_runtime_replace(site: Site, text: str | bytes | None = None, *, data: 
     """Make the site's studies exactly what the v2 file says: listed studies get its image, env,
     docker_kwargs, pod_template and datasets; studies not listed get an empty runtime (as NVFlare
     gives them) but keep their description. All or nothing, like study_data_replace."""
-    parsed = study_runtime_parse(text) if text is not None else study_runtime_validate(data)
-    _apply(site, parsed, reset_other_settings=True, actor=actor)  # actor: who may set which docker_kwargs
+    parsed = (study_runtime_parse(text, backend=site.backend) if text is not None
+              else study_runtime_validate(data, backend=site.backend))
+    _apply(site, {name: {**EMPTY_SECRETS, **entry} for name, entry in parsed.items()}, reset_other_settings=True,
+           actor=actor)  # actor: who may set which docker_kwargs
     return parsed
 
 
@@ -321,7 +341,8 @@ def study_runtime_replace(site: Site, text: str | bytes | None = None, *, data: 
 # Applying a parsed file through the catalog services
 # ---------------------------------------------------------------------------------------------
 
-EMPTY_RUNTIME = {"image": "", "env": {}, "docker_kwargs": {}, "pod_template": None}
+EMPTY_SECRETS = {key: {} for key in SECRET_FIELDS}  # a listed study without them loses any it had
+EMPTY_RUNTIME = {"image": "", "env": {}, "docker_kwargs": {}, "pod_template": None, **EMPTY_SECRETS}
 
 
 def _apply(site: Site, runtime: dict[str, dict[str, Any]], *, reset_other_settings: bool, actor: Any = None) -> None:

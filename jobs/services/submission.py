@@ -125,6 +125,11 @@ def _prepare(*, site, job_id, role, job_meta, job_args, set_options, submitted_b
     if "job_id" in meta and meta["job_id"] != job_id:
         raise InvalidJobSpec("job_meta.job_id", "must equal job_id")
     options = nvflare.check_set_options(set_options)
+    if site.backend != "kubernetes":  # only a pod fetches its workspace over CellNet (§4.4)
+        for name in nvflare.WORKSPACE_TRANSFER_ENV:
+            if name in (job_args or {}):
+                raise InvalidJobSpec(f"job_args.{name}", f"only for Kubernetes sites; site {site.name!r} uses "
+                                                         f"{site.backend}: load FlareLauncherJobLauncher there")
 
     backend = site_backend(site)
     request = JobRequest(

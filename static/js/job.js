@@ -14,6 +14,16 @@ document.addEventListener("DOMContentLoaded", function () {
   let buffered = [];
   let paused = false;
   let lastTimeline = 0;
+  const progressEl = document.getElementById("job-progress");
+  let progress = document.getElementById("job-progress-data") ? L.jsonData("job-progress-data") : null;
+
+  function showProgress() {
+    if (!progressEl) return;
+    const text = L.progressText(progress);
+    progressEl.textContent = text || "—";
+    progressEl.title = progress && progress.last_aggregation_at ? "last aggregation " + L.fmtUtc(progress.last_aggregation_at) + " UTC" : "";
+  }
+  showProgress();
   timeline.querySelectorAll("li[data-seq]").forEach(function (li) { lastTimeline = Math.max(lastTimeline, Number(li.dataset.seq)); });
 
   // Terminate: a <dialog> instead of the confirmation page.
@@ -52,6 +62,10 @@ document.addEventListener("DOMContentLoaded", function () {
   function applyJob(job) {
     if (!job || Number(job.id) !== jobId) return;
     const wasTerminal = TERMINAL.indexOf(root.dataset.state) >= 0;
+    progress = job.progress || null;
+    showProgress();
+    // States only move forward: a progress push built before the exit may arrive after it.
+    if (wasTerminal && TERMINAL.indexOf(job.state) < 0) return;
     root.dataset.state = job.state;
     root.dataset.started = job.started_at || "";
     root.dataset.finished = job.finished_at || "";
@@ -121,6 +135,7 @@ document.addEventListener("DOMContentLoaded", function () {
     if (root.dataset.started && !root.dataset.finished) {
       document.getElementById("job-duration").textContent = L.duration(root.dataset.started, null);
     }
+    if (progress && progress.last_aggregation_at) showProgress();  // "12s ago" keeps counting
   }, 1000);
 
   L.live("/ws/jobs/" + jobId + "/", {

@@ -28,6 +28,29 @@
     return fmtDuration((end - new Date(started)) / 1000);
   }
 
+  // A job's training progress (the payload's `progress`) as one line of text, e.g. "Round 3 of 5 ·
+  // last aggregation 12s ago (2 updates)"; "" when the job's output showed none.
+  function progressText(p, now) {
+    if (!p) return "";
+    let text = p.finished ? "Finished · " : "";
+    if (typeof p.round === "number") text += "Round " + (p.round + 1) + (p.total_rounds ? " of " + p.total_rounds : "");
+    else text += "Training started";
+    const at = p.last_aggregation_at ? new Date(p.last_aggregation_at) : null;
+    if (at && !isNaN(at)) {
+      text += " · last aggregation " + fmtDuration(((now || new Date()) - at) / 1000) + " ago";
+      if (typeof p.aggregated_updates === "number") {
+        text += " (" + p.aggregated_updates + (p.aggregated_updates === 1 ? " update)" : " updates)");
+      }
+    }
+    return text;
+  }
+
+  // The same for a list cell: "round 3/5", "" when none.
+  function progressShort(p) {
+    if (!p || typeof p.round !== "number") return "";
+    return "round " + (p.round + 1) + (p.total_rounds ? "/" + p.total_rounds : "");
+  }
+
   // A websocket that reconnects by itself with capped, jittered backoff, resumes with what the page
   // holds, and shows its state in the #live indicator. The page holds every change up to `seq`
   // (the page's own, then the server's snapshots and heartbeats say so) and, per job, the latest
@@ -114,7 +137,8 @@
     return el ? JSON.parse(el.textContent) : {};
   }
 
-  window.Launcher = { live: live, fmtUtc: fmtUtc, duration: duration, jsonData: jsonData };
+  window.Launcher = { live: live, fmtUtc: fmtUtc, duration: duration, jsonData: jsonData, progressText: progressText,
+    progressShort: progressShort };
 
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("select[data-autosubmit]").forEach(function (select) {

@@ -49,6 +49,14 @@ document.addEventListener("DOMContentLoaded", function () {
     const badge = cell(row, "state").querySelector(".badge") || cell(row, "state").firstChild;
     badge.className = "badge state-" + job.state;
     badge.textContent = job.state;
+    let round = cell(row, "state").querySelector("[data-progress]");  // "round 3/5" (Launcher.progressShort)
+    if (!round && L.progressShort(job.progress)) {
+      round = document.createElement("span");
+      round.className = "muted";
+      round.dataset.progress = "";
+      cell(row, "state").append(" ", round);
+    }
+    if (round) round.textContent = L.progressShort(job.progress);
     cell(row, "job_id").querySelector("a").textContent = job.job_id;
     cell(row, "study").textContent = job.study || "";
     cell(row, "image").textContent = job.image || "";

@@ -148,7 +148,7 @@ def test_study_runtime_round_trip_and_unsupported_keys(process_site, as_user, da
     with_secret = V2.format(root=data_root) + "    secret_env:\n      TOKEN: {source: s, key: k}\n"
     refused = owner.put(url, with_secret, content_type="application/yaml")
     assert refused.status_code == 400
-    assert "not supported by FLARE Launcher yet" in refused.json()["study_runtime"][0]
+    assert "Docker and Kubernetes sites only" in refused.json()["cohort-a.secret_env"][0]  # a process site
     as_string = owner.put(url, V2.format(root=data_root).replace("format_version: 2", "format_version: '2'"),
                           content_type="application/yaml")
     assert "format_version must be 2" in as_string.json()["study_runtime"][0]

@@ -17,7 +17,11 @@ SITE = "site-1"
 JOB_ID = "550e8400-e29b-41d4-a716-446655440000"
 IMAGE = "registry.example/nvflare-job:2.6"
 TOKEN, SIGNATURE, SSID = "tok-Secret-7f3a", "sig-Secret-91bc", "ssid-Secret-42"
-CREDENTIAL_VALUES = (TOKEN, SIGNATURE, SSID)
+TRANSFER_TOKEN = "xfer-Secret-0123456789abcdefghij"  # the shape of secrets.token_urlsafe(24)
+OWNER_FQCN = "site-1"
+CREDENTIAL_VALUES = (TOKEN, SIGNATURE, SSID, TRANSFER_TOKEN)
+STARTUP_KIT = {"fed_client.json": b'{"servers": []}', "rootCA.pem": b"-----CA-----", "client.crt": b"crt",
+               "client.key": b"key", "start.sh": b"#!/bin/sh\n"}  # start.sh: dropped (not .crt/.key/.pem/.json)
 
 
 class FakeClock:
@@ -47,6 +51,8 @@ def client_args(job_id: str = JOB_ID) -> dict[str, list[Any]]:
         "auth_signature": ["-ts", SIGNATURE],
         "ssid": ["-d", SSID],
         "startup_config_file": ["-s", "fed_client.json"],
+        "workspace_transfer_token": ["", TRANSFER_TOKEN],
+        "workspace_owner_fqcn": ["", OWNER_FQCN],
     }
 
 
@@ -70,13 +76,23 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+def write_startup_kit(directory: Path) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in STARTUP_KIT.items():
+        (directory / name).write_bytes(data)
+    return str(directory)
+
+
 @pytest.fixture
 def make_backend(kube_server: KubeAPIServer, tmp_path: Path, clock: FakeClock):
-    """make_backend(**site_config) -> a KubernetesBackend for SITE talking to the loopback server."""
+    """make_backend(**site_config) -> a KubernetesBackend for SITE talking to the loopback server
+    (with a startup kit unless `startup_dir` is given)."""
     kubeconfig = kube_server.write_kubeconfig(str(tmp_path / "kubeconfig"))
+    startup = write_startup_kit(tmp_path / "parent-startup")
 
     def make(**config: Any) -> KubernetesBackend:
-        cfg = KubernetesSiteConfig.from_dict({"config_file_path": kubeconfig, "request_timeout": 5, **config})
+        cfg = KubernetesSiteConfig.from_dict({"config_file_path": kubeconfig, "request_timeout": 5,
+                                              "startup_dir": startup, **config})
         backend = KubernetesBackend(site=SITE, config=cfg, clock=clock)
         backend.watch_timeout = 2
         return backend

@@ -30,7 +30,8 @@ def test_config_defaults_round_trip():
         "default_python_path": "/usr/local/bin/python", "default_job_container_kwargs": {},
         "default_job_env": {}, "user": "", "allow_root": False, "allow_job_images": False,
         "allow_host_ipc": False, "allow_pull": False, "docker_host": "", "shared_file_root": "",
-        "allow_default_capabilities": False, "allow_privilege_escalation": False,
+        "allow_default_capabilities": False, "allow_privilege_escalation": False, "allow_host_network": False,
+        "secret_env_sources": [],
     }
     assert DockerSiteConfig.from_dict(config.to_dict()) == config
 

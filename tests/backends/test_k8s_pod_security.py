@@ -144,11 +144,12 @@ def test_site_pod_security_setting_and_the_launch_time_check():
     assert err.value.field == "kubernetes.pod_security"
     study = StudyRuntime(name="s1", pod_template=pod({"hostPID": True,
                                                       "volumes": [{"name": "r", "hostPath": {"path": "/"}}]}))
-    backend = KubernetesBackend(site=SITE, config=KubernetesSiteConfig.from_dict({}))
+    backend = KubernetesBackend(site=SITE, config=KubernetesSiteConfig.from_dict({"startup_dir": "/srv/kit"}))
     with pytest.raises(InvalidJobSpec) as err:
         backend.prepare(job_request(study=study))
     assert err.value.field == "study.s1.pod_template"
     assert "study.s1.pod_template.spec.hostPID" in err.value.reason
     assert "study.s1.pod_template.spec.volumes[0].hostPath" in err.value.reason
-    privileged = KubernetesBackend(site=SITE, config=KubernetesSiteConfig.from_dict({"pod_security": "privileged"}))
+    privileged = KubernetesBackend(site=SITE, config=KubernetesSiteConfig.from_dict(
+        {"pod_security": "privileged", "startup_dir": "/srv/kit"}))
     assert privileged.prepare(job_request(study=study)).options["pod"]["spec"]["hostPID"] is True

@@ -15,7 +15,8 @@ from backends.kubernetes import KubernetesBackend, KubernetesSiteConfig
 from backends.kubernetes import manifests as km
 from tests import kube_api_server as kube
 from tests.backends.kube_fixtures import (  # noqa: F401 - fixtures
-    CREDENTIAL_VALUES, JOB_ID, SITE, backend, clock, job_request, kube_server, make_backend,
+    CREDENTIAL_VALUES, JOB_ID, OWNER_FQCN, SITE, TRANSFER_TOKEN, backend, clock, job_request, kube_server,
+    make_backend,
 )
 
 LABELS = {"app.kubernetes.io/managed-by": "flare-launcher", "flare-launcher/site": SITE,
@@ -40,7 +41,7 @@ def test_launch_creates_exactly_the_prepared_pod_and_credential_secret(kube_serv
     assert secret["type"] == "Opaque"
     assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == {
         "NVFLARE_JOB_AUTH_TOKEN": "tok-Secret-7f3a", "NVFLARE_JOB_TOKEN_SIGNATURE": "sig-Secret-91bc",
-        "NVFLARE_JOB_SSID": "ssid-Secret-42"}
+        "NVFLARE_JOB_SSID": "ssid-Secret-42", "NVFL_WORKSPACE_TRANSFER_TOKEN": TRANSFER_TOKEN}
     assert secret["metadata"]["ownerReferences"] == [
         {"apiVersion": "v1", "kind": "Pod", "name": spec.name, "uid": pod["metadata"]["uid"]}]
 
@@ -52,7 +53,10 @@ def test_no_credential_value_anywhere_in_the_pod(kube_server, backend):
     env = kube_server.pod(spec.name)["spec"]["containers"][0]["env"]
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if "valueFrom" in e}
     assert refs == {name: {"name": f"nvflare-cred-{spec.name}", "key": name}
-                    for name in ("NVFLARE_JOB_AUTH_TOKEN", "NVFLARE_JOB_TOKEN_SIGNATURE", "NVFLARE_JOB_SSID")}
+                    for name in ("NVFLARE_JOB_AUTH_TOKEN", "NVFLARE_JOB_TOKEN_SIGNATURE", "NVFLARE_JOB_SSID",
+                                 "NVFL_WORKSPACE_TRANSFER_TOKEN")}
+    literal = {e["name"]: e["value"] for e in env if "value" in e}
+    assert literal["NVFL_WORKSPACE_OWNER_FQCN"] == OWNER_FQCN  # NVFlare's literal env: not a secret
 
 
 def test_startup_kit_secret_is_upserted_from_certificate_files_only(kube_server, make_backend, tmp_path):

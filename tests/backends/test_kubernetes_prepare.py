@@ -9,13 +9,22 @@ import pytest
 from backends.base import DatasetSpec, InvalidJobSpec, StudyRuntime
 from backends.kubernetes import KubernetesBackend, KubernetesSiteConfig
 from backends.kubernetes import manifests as km
-from tests.backends.kube_fixtures import CREDENTIAL_VALUES, IMAGE, JOB_ID, SITE, job_request
+from tests.backends.kube_fixtures import (
+    CREDENTIAL_VALUES,
+    IMAGE,
+    JOB_ID,
+    OWNER_FQCN,
+    SITE,
+    TRANSFER_TOKEN,
+    job_request,
+)
 
 BASE = f"job_meta.launcher_spec.{SITE}.k8s"
 
 
 def backend(**config):
-    return KubernetesBackend(site=SITE, config=KubernetesSiteConfig.from_dict(config))
+    """prepare() does not read the startup kit (launch() does), so any absolute path will do."""
+    return KubernetesBackend(site=SITE, config=KubernetesSiteConfig.from_dict({"startup_dir": "/srv/kit", **config}))
 
 
 def test_config_defaults_round_trip():
@@ -59,7 +68,7 @@ def test_config_accepts_null_pending_timeout_and_floats():
 
 
 def test_prepare_resolves_names_command_env_and_keeps_credentials_out_of_options():
-    spec = backend(namespace="jobs", parent_fqcn="site-1.parent").prepare(job_request())
+    spec = backend(namespace="jobs").prepare(job_request())
     pod = spec.options["pod"]
     assert spec.name == f"j{JOB_ID}-{km.site_label(SITE, 20)}" == pod["metadata"]["name"]
     assert spec.command[0] == "/usr/local/bin/python"
@@ -70,10 +79,11 @@ def test_prepare_resolves_names_command_env_and_keeps_credentials_out_of_options
     assert main["args"][:3] == ["-u", "-m", "nvflare.private.fed.app.client.worker_process"]
     assert "-t" not in main["args"] and "-d" not in main["args"]
     assert spec.credentials == {"NVFLARE_JOB_AUTH_TOKEN": "tok-Secret-7f3a",
-                                "NVFLARE_JOB_TOKEN_SIGNATURE": "sig-Secret-91bc", "NVFLARE_JOB_SSID": "ssid-Secret-42"}
+                                "NVFLARE_JOB_TOKEN_SIGNATURE": "sig-Secret-91bc", "NVFLARE_JOB_SSID": "ssid-Secret-42",
+                                "NVFL_WORKSPACE_TRANSFER_TOKEN": TRANSFER_TOKEN}
     assert spec.options["credential_secret"] == {"name": f"nvflare-cred-{spec.name}", "keys": list(spec.credentials)}
     assert spec.env == {"PYTHONPATH": f"/var/tmp/nvflare/workspace/{JOB_ID}/app_{SITE}/custom",
-                        "NVFL_WORKSPACE_OWNER_FQCN": "site-1.parent"}
+                        "NVFL_WORKSPACE_OWNER_FQCN": OWNER_FQCN}
     text = json.dumps({**spec.options, "env": spec.env, "command": spec.command, "labels": spec.labels})
     assert not any(value in text for value in CREDENTIAL_VALUES)
     assert json.dumps(spec.redacted()).count("Secret-") == 0
@@ -84,7 +94,7 @@ def test_prepare_resolves_names_command_env_and_keeps_credentials_out_of_options
 
 
 def test_prepare_sanitises_label_values():
-    b = KubernetesBackend(site="Site #1", config=KubernetesSiteConfig())
+    b = KubernetesBackend(site="Site #1", config=KubernetesSiteConfig(startup_dir="/srv/kit"))
     req = job_request(job_meta={"launcher_spec": {"Site #1": {"k8s": {"image": IMAGE}}}})
     req = type(req)(**{**req.__dict__, "site": "Site #1", "job_pk": "pk with spaces"})
     labels = b.prepare(req).labels

@@ -135,6 +135,17 @@ def test_dataset_outside_allowed_roots_is_refused(backend, tmp_path):
     assert info.value.field == "study.s1.datasets.d1.source"
 
 
+@pytest.mark.parametrize("key", ["secret_env", "secret_mounts"])
+def test_study_secrets_are_refused_rather_than_dropped(backend, key):
+    from backends.base import SecretEnvRef, SecretMount, StudyRuntime
+
+    value = (SecretEnvRef(name="T", source="S", key="k"),) if key == "secret_env" else (
+        SecretMount(study="s1", name="m", source="/srv/s", mount_path="/run/s"),)
+    with pytest.raises(InvalidJobSpec) as info:
+        backend.prepare(request("job-sec", study=StudyRuntime(name="s1", **{key: value})))
+    assert info.value.field == f"study.s1.{key}"
+
+
 def test_missing_exe_module_is_refused(backend):
     args = client_job_args("job-x")
     del args["exe_module"]

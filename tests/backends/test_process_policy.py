@@ -118,7 +118,7 @@ def server_args(job_id, **changes):
         "job_id": ["-n", job_id], "parent_url": ["-p", "tcp://localhost:8003"],
         "root_url": ["-u", "grpc://localhost:8002"], "service_host": ["--host", "localhost"],
         "service_port": ["--port", 8002], "auth_token": ["-t", job_id], "auth_signature": ["-ts", "sig"],
-        "ssid": ["--ssid", "ssid-1"], "options": ["--set", " print_conf=True"],
+        "ssid": ["--ssid", "ssid-1"], "options": ["--set", " restore_snapshot=False print_conf=True"],
         "parent_conn_sec": ["--parent_conn_sec", "clear"],
     }
     args.update(changes)
@@ -134,7 +134,7 @@ def test_nvflares_own_modules_and_flags_are_accepted_per_role(workspace):
     assert list(server.command[3:]) == [
         SERVER_MODULE, "-m", "/ws", "-s", "fed_server.json", "-r", "/ws/job-s/app_server", "-n", "job-s",
         "-p", "tcp://localhost:8003", "--parent_conn_sec", "clear", "-u", "grpc://localhost:8002",
-        "--host", "localhost", "--port", "8002", "--set", "print_conf=True", "restore_snapshot=False"]
+        "--host", "localhost", "--port", "8002", "--set", "restore_snapshot=False", "print_conf=True"]
     # The fixture's module is not NVFlare's: without the staff setting it is refused.
     assert refused(backend, request()).field == "job_args.exe_module"
 

@@ -100,7 +100,7 @@ def test_site_settings_studies_and_datasets_with_inline_validation(new_page, ser
     page.get_by_label("Backend").select_option("docker")
     expect(page.locator('fieldset[data-backend="docker"]')).to_be_visible()
     expect(page.locator('fieldset[data-backend="process"]')).to_be_hidden()
-    page.get_by_label("Network").fill("not a network!")
+    page.get_by_label("Network", exact=True).fill("not a network!")
     page.get_by_role("button", name="Save settings").click()
     expect(page.locator("#id_docker__network_error")).to_have_text("must be a Docker network name")
     page.get_by_label("Backend").select_option("process")

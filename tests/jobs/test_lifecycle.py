@@ -53,7 +53,7 @@ def test_terminal_state_is_sticky(job):
     assert not changed and job.state == "aborted" and job.return_code == 9
 
 
-@pytest.mark.parametrize("state, code", [("failed", 1), ("lost", 9), ("launch_failed", 101), ("succeeded", 0)])
+@pytest.mark.parametrize("state, code", [("failed", 1), ("lost", 9), ("launch_failed", 104), ("succeeded", 0)])
 def test_terminal_states_get_nvflare_return_codes(job, state, code):
     job_observe(job.pk, verdict(state), source="reconcile")
     job.refresh_from_db()

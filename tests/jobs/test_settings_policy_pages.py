@@ -105,7 +105,8 @@ def test_staff_change_host_settings_from_the_page(client, users, docker_site, tm
     assert Site.objects.get(pk=docker_site.pk).docker["workspace"] == str(other)
     refused = settings_post(client, docker_site, docker__network="host")
     assert refused.context["form"].errors["docker__network"] == [
-        "'host' shares the host's network namespace and is never allowed"]
+        "'host' shares the host's network namespace and is never allowed without the site setting "
+        "allow_host_network"]
 
 
 @pytest.mark.parametrize("role", ["operator", "viewer"])
