@@ -225,6 +225,15 @@ for _proxy in LAUNCHER_TRUSTED_PROXIES:
         ipaddress.ip_network(_proxy, strict=False)
     except ValueError:
         raise ImproperlyConfigured(f"LAUNCHER_TRUSTED_PROXIES: {_proxy!r} is not an IP address or CIDR") from None
+# GET /metrics (jobs.metrics): answered to `Authorization: Bearer <token>` or to a client in the
+# allowed addresses (IPs or CIDRs); with neither set it is off (404).
+LAUNCHER_METRICS_TOKEN = env_str("LAUNCHER_METRICS_TOKEN")
+LAUNCHER_METRICS_ALLOWED_IPS = env_list("LAUNCHER_METRICS_ALLOWED_IPS", [])
+for _net in LAUNCHER_METRICS_ALLOWED_IPS:
+    try:
+        ipaddress.ip_network(_net, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"LAUNCHER_METRICS_ALLOWED_IPS: {_net!r} is not an IP address or CIDR") from None
 # Days a finished job keeps its events and logs tail; the job row itself is kept. 0 = forever.
 LAUNCHER_RETENTION_DAYS = env_int("LAUNCHER_RETENTION_DAYS", 90, minimum=0)
 # Periodic work, run by Celery beat (embedded: inside the web process; production: `celery beat`).
@@ -265,6 +274,10 @@ LAUNCHER_LOG_FOLLOWERS = env_int("LAUNCHER_LOG_FOLLOWERS", 20, minimum=0)
 # Seconds an unacknowledged Celery task (a worker killed mid-launch) waits before redelivery.
 # Must exceed the longest launch/terminate (image pulls included) and the longest retry countdown.
 LAUNCHER_TASK_VISIBILITY_SECONDS = env_int("LAUNCHER_TASK_VISIBILITY_SECONDS", 300, minimum=2)
+# A launch whose engine is unreachable (or answers 5xx) is retried this many times, waiting
+# BACKOFF, 2*BACKOFF, 4*BACKOFF... seconds (at most 60) in between; each failed attempt is a job note.
+LAUNCHER_LAUNCH_RETRIES = env_int("LAUNCHER_LAUNCH_RETRIES", 8, minimum=0, maximum=100)
+LAUNCHER_LAUNCH_RETRY_BACKOFF = env_int("LAUNCHER_LAUNCH_RETRY_BACKOFF", 2, minimum=1, maximum=60)
 LAUNCHER_ADMIN_USER = env_str("LAUNCHER_ADMIN_USER", "admin")
 LAUNCHER_ADMIN_PASSWORD = env_str("LAUNCHER_ADMIN_PASSWORD")
 

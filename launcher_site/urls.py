@@ -6,6 +6,7 @@ from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from jobs.health import healthz
+from jobs.metrics import metrics_view
 from launcher_site.login_throttle import (ThrottledAdminAuthenticationForm, ThrottledAuthenticationForm,
                                           answer_429_when_throttled)
 
@@ -20,6 +21,7 @@ def api_not_found(request, *args, **kwargs):
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/login/", answer_429_when_throttled(admin.site.login)),  # before the admin's own, same view
     path("admin/", admin.site.urls),
     path("accounts/login/", answer_429_when_throttled(
