@@ -23,7 +23,9 @@ BACKEND_FIELDS = tuple(Backend.values)  # "docker", "kubernetes", "process": one
 STUDY_FIELD_MAX_BYTES = 64 * 1024  # each of a study's env, docker_kwargs and pod_template
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_FIELDS = ("secret_env", "secret_mounts")
-K8S_CREDENTIAL_SECRET_PREFIX = "nvflare-cred-"  # the per-job credential Secrets (launch-semantics.md §4.5)
+# The launcher's own Secrets: per-job credentials (launch-semantics.md §4.5) and each site's startup
+# kit (its private key); the same rule as backends.kubernetes.prepare applies at launch.
+K8S_LAUNCHER_SECRET_PREFIXES = ("nvflare-cred-", "nvflare-startup-")
 PVC_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
@@ -262,8 +264,9 @@ def _secret_errors(study: Study) -> dict[str, list[str]]:
 
 def _secret_source_error(site: Site, source: str, *, env: bool) -> str | None:
     if site.backend == "kubernetes":
-        if not PVC_NAME_RE.match(source) or source.startswith(K8S_CREDENTIAL_SECRET_PREFIX):
-            return f"{source!r} must name a Secret of the site's namespace (never a job's {K8S_CREDENTIAL_SECRET_PREFIX}*)."
+        if not PVC_NAME_RE.match(source) or source.startswith(K8S_LAUNCHER_SECRET_PREFIXES):
+            return (f"{source!r} must name a Secret of the site's namespace (never the launcher's own "
+                    "nvflare-cred-* or nvflare-startup-*).")
         return None
     if env:
         docker = _normalised_block("docker", site.docker)

@@ -279,6 +279,11 @@ def test_process_sites_refuse_secrets_and_kubernetes_sites_never_name_a_job_cred
     with pytest.raises(Exception) as info:
         study_files.study_runtime_replace(k8s, stolen)
     assert "nvflare-cred-" in str(info.value)
+    startup_kit = ("format_version: 2\nstudies:\n  s1:\n    secret_mounts:\n      kit: {source: nvflare-startup-other-1a2b3c4d, "
+                   "mount_path: /kit, mode: ro}\n")  # another site's startup kit holds its private key
+    with pytest.raises(Exception) as info:
+        study_files.study_runtime_replace(k8s, startup_kit)
+    assert "nvflare-startup-" in str(info.value) and not Study.objects.filter(site=k8s).exists()
     study_files.study_runtime_replace(k8s, SECRETS_V2)
     assert Study.objects.get(site=k8s).secret_mounts["tls"]["items"] == {"tls.crt": "cert.pem"}
 
