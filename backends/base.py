@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import abc
 import enum
+import os
+import socket
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -78,6 +80,41 @@ class BackendError(Exception):
     def __init__(self, message: str, *, retryable: bool = False):
         super().__init__(message)
         self.retryable = retryable
+
+
+class EngineUnreachable(BackendError):
+    """The engine (Docker daemon, Kubernetes API) did not answer: always retryable. The message
+    names the engine and its address and says why in a few words (connection_cause)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retryable=True)
+
+
+def connection_cause(exc: BaseException) -> str:
+    """Why a connection failed, in a few words ("connection refused", "timed out"), instead of the
+    HTTP libraries' nested reprs (pool, object addresses, retry counts)."""
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 20:
+        current = todo.pop(0)
+        if current in seen:
+            continue
+        seen.append(current)
+        # urllib3 keeps the underlying error in .reason and in args; requests and docker chain it.
+        todo += [e for e in (getattr(current, "reason", None), current.__cause__, current.__context__, *current.args)
+                 if isinstance(e, BaseException)]
+    for error in seen:
+        if isinstance(error, socket.gaierror):
+            return f"cannot resolve the host name ({error.strerror or error})".lower()
+        if isinstance(error, TimeoutError) or "timeout" in type(error).__name__.lower():
+            return "timed out"
+        if isinstance(error, OSError) and error.errno:
+            return (error.strerror or os.strerror(error.errno)).lower()
+    for error in seen:
+        if "ssl" in type(error).__name__.lower():
+            return f"TLS handshake failed ({str(error).splitlines()[0][:160]})"
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 class StillRunning(BackendError):

@@ -5,23 +5,61 @@ reject_on_worker_lost are safe because launch and terminate are idempotent and r
 first: a redelivered launch finds the job no longer queued, or the backend adopts the workload it
 already created under the job's deterministic name. Retries happen only for BackendError with
 retryable=True (daemon unreachable, API 5xx), with capped exponential backoff; a permanent error is
-recorded on the job by the service.
+recorded on the job by the service. Every failed launch attempt is a note on the job's timeline and
+its reason/detail (what failed, attempt n of N, when the next try is), never a silent wait.
 """
 
 import logging
 
 from celery import shared_task
+from django.conf import settings
+from django.core.cache import cache
 
-from backends.base import BackendError
+from backends.base import BackendError, EngineUnreachable
 
 log = logging.getLogger(__name__)
-MAX_RETRIES = 8
+MAX_RETRIES = 8  # terminate; launches: LAUNCHER_LAUNCH_RETRIES (same default)
 BACKOFF_START, BACKOFF_CAP = 2, 60  # seconds; must stay below LAUNCHER_TASK_VISIBILITY_SECONDS
 ROBUST = {"bind": True, "acks_late": True, "reject_on_worker_lost": True, "max_retries": MAX_RETRIES}
+# A scheduled retry counts as pending for its countdown plus this long (the attempt itself): a
+# re-submit meanwhile queues no second launch; after it, the retries were cut (a worker died).
+RETRY_GRACE = 30
+# The reasons a job waiting for a launch retry carries (jobs.services.submission reads them).
+RETRY_REASONS = ("EngineUnreachable", "BackendUnavailable")
 
 
-def _countdown(retries: int) -> int:
-    return min(BACKOFF_CAP, BACKOFF_START * 2 ** retries)
+def _countdown(retries: int, start: int = BACKOFF_START) -> int:
+    return min(BACKOFF_CAP, start * 2 ** retries)
+
+
+def _retry_key(job_pk: int) -> str:
+    return f"launch-retry:{job_pk}"
+
+
+def launch_retry_pending(job_pk: int) -> bool:
+    """Whether this job's launch has a retry scheduled (jobs.services.submission asks before it
+    queues a stalled job's launch again). The cache is shared by every process (Redis), or is this
+    one process's (embedded). Unreadable cache: False, so a launch is queued rather than lost."""
+    try:
+        return cache.get(_retry_key(job_pk)) is not None
+    except Exception:
+        log.warning("cannot read the launch retry state of job %s", job_pk, exc_info=True)
+        return False
+
+
+def _retry_mark(job_pk: int, countdown: int | None) -> None:
+    try:
+        if countdown is None:
+            cache.delete(_retry_key(job_pk))
+        else:
+            cache.set(_retry_key(job_pk), countdown, timeout=countdown + RETRY_GRACE)
+    except Exception:  # only the resubmit check reads it; the launch goes on
+        log.warning("cannot record the launch retry state of job %s", job_pk, exc_info=True)
+
+
+def _duration(seconds: int) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
 
 
 @shared_task(**ROBUST)
@@ -29,7 +67,7 @@ def job_launch_task(self, job_pk: int, sealed_credentials: str) -> None:
     """`sealed_credentials`: jobs.services.sealing.credentials_seal() of the job's credential args."""
     from backends.base import JobState
     from jobs.services.launching import job_launch
-    from jobs.services.lifecycle import job_observe, verdict
+    from jobs.services.lifecycle import job_note, job_observe, verdict
     from jobs.services.sealing import SealBroken, credentials_unseal
 
     try:
@@ -38,14 +76,28 @@ def job_launch_task(self, job_pk: int, sealed_credentials: str) -> None:
         job_observe(job_pk, verdict(JobState.LAUNCH_FAILED, reason="CredentialsUnreadable", message=str(exc)),
                     source="worker")
         return
+    retries, limit = self.request.retries, settings.LAUNCHER_LAUNCH_RETRIES
     try:
         job_launch(job_pk=job_pk, credentials=credentials)
     except BackendError as exc:  # job_launch lets only retryable errors out
-        if self.request.retries >= self.max_retries:
-            job_observe(job_pk, verdict(JobState.LAUNCH_FAILED, reason="BackendUnavailable",
-                                        message=f"gave up after {self.request.retries} retries: {exc}"), source="worker")
+        start = settings.LAUNCHER_LAUNCH_RETRY_BACKOFF
+        if retries >= limit:
+            if retries:
+                _retry_mark(job_pk, None)
+            waited = sum(_countdown(n, start) for n in range(retries))
+            attempts = f"{retries + 1} attempt{'s' if retries else ''}"
+            job_observe(job_pk, verdict(JobState.LAUNCH_FAILED, reason="BackendUnavailable", message=(
+                f"gave up after {retries} retries ({attempts} in {_duration(waited)}): {exc}")), source="worker")
             return
-        raise self.retry(exc=exc, countdown=_countdown(self.request.retries))
+        countdown = _countdown(retries, start)
+        # Said at once, on the job's timeline and in its payload (reason/detail): the admin and the
+        # FL server see why the job waits from the first failed attempt on.
+        job_note(job_pk, source="worker", reason=RETRY_REASONS[0 if isinstance(exc, EngineUnreachable) else 1],
+                 message=f"launch attempt {retries + 1} of {limit + 1} failed: {exc}; next try in {countdown} s")
+        _retry_mark(job_pk, countdown)
+        raise self.retry(exc=exc, countdown=countdown, max_retries=limit)
+    if retries:
+        _retry_mark(job_pk, None)
 
 
 @shared_task(**ROBUST)

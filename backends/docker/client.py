@@ -15,7 +15,7 @@ import docker
 import requests
 from docker.errors import APIError, DockerException, NotFound
 
-from backends.base import BackendError
+from backends.base import BackendError, EngineUnreachable, connection_cause
 from backends.docker.config import DockerSiteConfig
 
 # The daemon is gone or going: refused, timed out, or a response cut off mid-body (ChunkedEncodingError).
@@ -51,7 +51,9 @@ class DockerApi:
         except APIError as exc:
             raise BackendError(f"cannot {action}: {exc.explanation or exc}", retryable=exc.is_server_error()) from exc
         except (*CONNECTION_ERRORS, DockerException) as exc:  # DockerException: the client's version probe failed
-            raise BackendError(f"cannot {action}: Docker daemon at {where} is unreachable ({exc})", retryable=True) from exc
+            # The cause in a few words: the SDK's own text is a nested urllib3 repr.
+            raise EngineUnreachable(f"cannot {action}: Docker daemon at {where} is unreachable "
+                                    f"({connection_cause(exc)})") from exc
 
     def ensure_network(self, client: docker.DockerClient) -> None:
         if self._network_checked:

@@ -19,7 +19,13 @@ from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from backends.base import BackendError, CheckResult, DatasetSpec
+from backends.base import (
+    BackendError,
+    CheckResult,
+    DatasetSpec,
+    EngineUnreachable,
+    connection_cause,
+)
 from backends.kubernetes import manifests as km
 from backends.kubernetes.config import KubernetesSiteConfig
 
@@ -92,7 +98,9 @@ class KubeApi:
         except ApiException as exc:
             raise self.api_error(exc, verb, resource) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise BackendError(f"Kubernetes API unreachable ({verb} {resource}): {exc}", retryable=True) from exc
+            where = self.client().configuration.host or "the in-cluster API"
+            raise EngineUnreachable(f"cannot {verb} {resource}: Kubernetes API at {where} is unreachable "
+                                    f"({connection_cause(exc)})") from exc
         except ValueError as exc:  # the client's model validation (pydantic) refused the body
             raise BackendError(f"invalid {resource} object for the Kubernetes API: {exc}") from exc
         if raw:

@@ -37,6 +37,7 @@ RANK = {
     JobState.LAUNCH_FAILED: 3,
     JobState.LOST: 3,
 }
+WAITING = (JobState.QUEUED, JobState.STARTING)
 # Used when an observation of a terminal state carries no return code of its own.
 DEFAULT_RETURN_CODE = {
     JobState.SUCCEEDED: ReturnCode.SUCCESS,
@@ -105,7 +106,7 @@ def job_observe(
     api, worker, watcher, reconcile (admin for manual fixes). Raises Job.DoesNotExist, ValueError.
     """
     if observation.kind == "event":
-        return job_note(job, source=source, message=observation.message)
+        return job_note(job, source=source, message=observation.message, reason=observation.reason)
     new = JobState(observation.state)
     _check_source(source)
     message, return_code = observation.message, observation.return_code
@@ -125,6 +126,9 @@ def job_observe(
                 job.save()
             if progress is not None:
                 _publish_after_commit(job, None)
+            if new is current and current in WAITING and observation.reason and observation.message:
+                # Still waiting, for a reason the backend names (a Kubernetes pending reason): shown.
+                return job_note(job, source=source, message=observation.message, reason=observation.reason)
             return job, False
 
         if job.terminate_requested_at and new in (JobState.FAILED, JobState.LOST):
@@ -142,7 +146,7 @@ def job_observe(
             job.exit_code = observation.exit_code
             if logs_tail is not None:
                 job.logs_tail = logs_tail
-        if observation.reason:
+        if observation.reason or current in WAITING:  # a reason to wait ends with the wait
             job.reason = observation.reason[:200]
         if not message:
             message = _default_message(new, job.return_code if new.is_terminal else None, observation.reason)
@@ -155,7 +159,7 @@ def job_observe(
 
 def job_note(
     job: Job | int, *, source: str, message: str = "", logs_tail: str | None = None,
-    terminate_requested: bool = False, progress: dict | None = None,
+    terminate_requested: bool = False, progress: dict | None = None, reason: str = "",
 ) -> tuple[Job, bool]:
     """Record what is not a state change; returns (job, changed).
 
@@ -165,7 +169,9 @@ def job_note(
     reload the saved tail; no JobEvent). `terminate_requested`: stamp the request (kept from the
     first), so that an exit observed afterwards counts as aborted. `progress`: the job's training
     progress (jobs.services.progress), stored when it differs and pushed as a job.update (no JobEvent);
-    a stored tail updates it too.
+    a stored tail updates it too. `reason` (with `message`): why a job still queued or starting
+    waits (engine unreachable, a pending reason); kept as its reason and detail, so that the API
+    and the FL server read it too, until the next state change.
     """
     _check_source(source)
     logs_tail = _kept_tail(logs_tail)
@@ -185,16 +191,20 @@ def job_note(
         if progressed:
             job.progress = progress
             dirty = changed = True
-        event = None
+        event, waiting = None, False
         if message:
             last = job.events.order_by("-id").first()
             if last is None or last.message != message:
                 event = JobEvent.objects.create(job=job, from_state=job.state, to_state=job.state, message=message,
                                                 source=source)
                 dirty = changed = True  # saving bumps updated_at, so lists show the note's time
+            waiting = bool(reason) and job.state in WAITING and (job.reason, job.detail) != (reason[:200], message)
+            if waiting:
+                job.reason, job.detail = reason[:200], message
+                dirty = changed = True
         if dirty:
             job.save()
-        if event is not None or progressed:
+        if event is not None or progressed or waiting:
             _publish_after_commit(job, event)
         return job, changed
 

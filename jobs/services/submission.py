@@ -14,7 +14,7 @@ from django.utils import timezone
 from backends import nvflare
 from backends.base import InvalidJobSpec, JobRequest, JobState
 from jobs.models import Job, Site
-from jobs.services.lifecycle import job_create
+from jobs.services.lifecycle import job_create, job_note
 from jobs.services.requests import CREDENTIAL_ARGS, request_to_store
 from jobs.services.sites import site_backend, study_runtime
 
@@ -144,13 +144,21 @@ def _resubmitted(site: Site, job_id: str, job_args: dict[str, Any]) -> Job | Non
     existing = Job.objects.filter(site=site, job_id=job_id).first()
     if existing is None:
         return None
-    stalled = timezone.now() - existing.created_at > timedelta(seconds=settings.LAUNCHER_RELAUNCH_AFTER_SECONDS)
-    if existing.state in (JobState.QUEUED, JobState.STARTING) and stalled:
+    from jobs.tasks import RETRY_REASONS, launch_retry_pending
+
+    waited = timezone.now() - existing.created_at
+    stalled = waited > timedelta(seconds=settings.LAUNCHER_RELAUNCH_AFTER_SECONDS)
+    if existing.state in (JobState.QUEUED, JobState.STARTING) and stalled and not launch_retry_pending(existing.pk):
         # Still not running after a while: its launch may be lost (the web process died between
-        # commit and enqueue, or a worker died as the broker handed it the task). The credentials
-        # came again with this submit, so queue the launch again; launching is idempotent (a job
-        # no longer queued is left alone, a workload is adopted). A burst of identical submits
-        # within the grace period queues nothing extra.
+        # commit and enqueue, or a worker died as the broker handed it the task or between its
+        # retries). The credentials came again with this submit, so queue the launch again;
+        # launching is idempotent (a job no longer queued is left alone, a workload is adopted). A
+        # burst of identical submits within the grace period, or while a retry is scheduled,
+        # queues nothing extra. Said on the timeline, so that the job never waits without a reason.
+        cut = " (its launch retries stopped: was the worker restarted?)" if existing.reason in RETRY_REASONS else ""
+        existing, _ = job_note(existing, source="api", reason="Relaunched", message=(
+            f"still {existing.state} more than {settings.LAUNCHER_RELAUNCH_AFTER_SECONDS} s after submit{cut}; "
+            "launching it again on the FL server's re-submit"))
         _enqueue_launch(existing.pk, split_credentials(dict(job_args or {}))[1])
     return existing
 

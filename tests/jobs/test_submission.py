@@ -104,8 +104,9 @@ def test_same_job_id_again_while_still_queued_queues_its_launch_again_only_after
     with django_capture_on_commit_callbacks() as callbacks:
         again, created_again = submit(process_site, "job-q", job_args("job-q"))
     assert not created_again and again.pk == first.pk
-    assert len(callbacks) == 1  # enqueue the launch (no new row to publish)
+    assert len(callbacks) == 2  # enqueue the launch, and push the note that says so (no new row)
     assert Job.objects.filter(job_id="job-q").count() == 1
+    assert "launching it again" in again.detail and again.reason == "Relaunched"
 
 
 def test_a_resubmit_that_no_longer_validates_still_returns_the_existing_job(process_site, job_args):
