@@ -244,6 +244,7 @@ class _JobLauncher:
         handle = handle_class()(self.client, job)
         deadline = None if self.timeout is None else started + self.timeout
         resend_at = time.monotonic() + RESUBMIT_QUEUED_AFTER
+        reported = job.get("detail")
         while handle.job["state"] in ("queued", "starting"):
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -264,6 +265,9 @@ class _JobLauncher:
             if handle.job["state"] == "queued":
                 chunk = min(chunk, resend_at - now)
             handle.wait_once(max(0.05, min(chunk, WAIT_CHUNK_SECONDS)), until="running")
+            if handle.job.get("state") in ("queued", "starting") and handle.job.get("detail") != reported:
+                reported = handle.job.get("detail")  # why it is still waiting, e.g. the engine unreachable
+                log.info("job %s is %s: %s", job_id, handle.job["state"], reported)
         log.info("job %s is %s after %.3fs", job_id, handle.job["state"], time.monotonic() - started)
         return handle
 

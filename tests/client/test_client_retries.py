@@ -110,6 +110,17 @@ def test_launch_is_retried_on_5xx_and_then_waits_for_running_with_one_long_poll(
     assert len(waits) == 1 and "until=running" in waits[0], waits  # no GET /jobs/7/ polling
 
 
+def test_why_a_job_still_waits_reaches_the_fl_parents_log(scripted, caplog):
+    caplog.set_level(logging.INFO, logger="flare_launcher_client")
+    unreachable = "launch attempt 1 of 9 failed: Docker daemon at tcp://127.0.0.1:1 is unreachable (connection refused)"
+    scripted.script("POST", "/api/v1/jobs/", (201, job("queued", detail="queued")))
+    scripted.script("GET", "/api/v1/jobs/7/wait/", (200, job("queued", detail=unreachable)),
+                    (200, job("queued", detail=unreachable)), (200, job("running", detail="workload running")))
+    launcher = FlareLauncherJobLauncher(url=scripted.url, site="site-1", timeout=30)
+    launcher.launch_job({"job_id": "j1"}, {"job_process_args": JOB_ARGS})
+    assert caplog.text.count(unreachable) == 1  # logged when it changes, not on every answer
+
+
 def test_a_refused_launch_names_the_url_and_is_not_retried(scripted):
     scripted.script("POST", "/api/v1/jobs/", (400, {"job_args.exe_module": ["This field is required."]}))
     launcher = FlareLauncherJobLauncher(url=scripted.url + "/", site="site-1")
