@@ -5,6 +5,7 @@ checked by small serializers. The schema of each parameter is declared next to i
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 
@@ -12,6 +13,7 @@ import django_filters
 from django import forms
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
+from django.db.models import Q
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, serializers
 
@@ -23,6 +25,12 @@ SITE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"  # jobs.models.site_nam
 NAME_PATTERN = nvflare.NAME_RE.pattern  # study and dataset names
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # nvflare.check_job_id
 _INTEGER = re.compile(r"-?[0-9]{1,19}")  # ASCII digits only: int() would take "²" apart from isdigit()
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # strptime's %d would take non-ASCII digits
+SEARCH_MAX = 100
+SEARCH_PATTERN = r"^[^\x00-\x1f\x7f]*$"  # PostgreSQL refuses NUL in text; no control characters at all
+# The API's orders: cursor pages need one fixed, unique order, and the id grows with created_at.
+# The dashboard pages sort by more columns (jobs/views/job_list.py), with numbered pages.
+API_ORDERINGS = {"-created": "-id", "created": "id"}
 _NUMBER = re.compile(r"-?(?:[0-9]{1,19}(?:\.[0-9]{0,19})?|\.[0-9]{1,19})")
 
 
@@ -46,6 +54,38 @@ class IntegerFilter(django_filters.NumberFilter):
     field_class = StrictIntegerField
 
 
+class StrictDateField(forms.DateField):
+    """An ISO date, YYYY-MM-DD in ASCII digits, nothing else."""
+
+    def to_python(self, value):
+        if value in (None, ""):
+            return None
+        if not isinstance(value, str) or not _DATE.fullmatch(value):
+            raise ValidationError("Enter a date as YYYY-MM-DD.", code="invalid")
+        try:
+            return datetime.date.fromisoformat(value)
+        except ValueError:
+            raise ValidationError("Enter a date as YYYY-MM-DD.", code="invalid") from None
+
+
+class DateFilter(django_filters.DateFilter):
+    field_class = StrictDateField
+
+
+def search_jobs(queryset, text: str):
+    """Jobs whose name (job_meta.name) or NVFlare job id contains `text`, ignoring case."""
+    return queryset.filter(Q(job_id__icontains=text) | Q(job_meta__name__icontains=text)) if text else queryset
+
+
+class JobFilterForm(forms.Form):
+    def clean(self):
+        data = super().clean()
+        after, before = data.get("created_after"), data.get("created_before")
+        if after and before and after > before:
+            self.add_error("created_before", "Must not be before created_after.")
+        return data
+
+
 def _string_filter(field_name: str, pattern: str, max_length: int, description: str) -> django_filters.CharFilter:
     schema = {"type": "string", "pattern": optional(pattern), "maxLength": max_length}
     return extend_schema_field(schema)(django_filters.CharFilter(
@@ -57,10 +97,30 @@ class JobFilter(django_filters.FilterSet):
     state = django_filters.MultipleChoiceFilter(choices=State.choices, help_text="Only jobs in these states.")
     study = _string_filter("study", NAME_PATTERN, 63, "Only jobs of this study.")
     job_id = _string_filter("job_id", JOB_ID_PATTERN, 128, "Only jobs with this NVFlare job id.")
+    q = extend_schema_field({"type": "string", "pattern": SEARCH_PATTERN, "maxLength": SEARCH_MAX})(
+        django_filters.CharFilter(
+            method="filter_q", max_length=SEARCH_MAX,
+            validators=[RegexValidator(r"[\x00-\x1f\x7f]", "No control characters.", inverse_match=True)],
+            help_text="Only jobs whose name (`job_meta.name`) or NVFlare job id contains this, ignoring case."))
+    created_after = DateFilter(field_name="created_at", lookup_expr="date__gte",
+                               help_text="Only jobs created on or after this day (YYYY-MM-DD, the site's time zone).")
+    created_before = DateFilter(field_name="created_at", lookup_expr="date__lte",
+                                help_text="Only jobs created on or before this day (YYYY-MM-DD, inclusive).")
+    # Validated here, applied by the paginator (jobs.api.jobs.JobListPagination): it owns the order.
+    ordering = django_filters.ChoiceFilter(
+        method="filter_ordering", choices=[(k, k) for k in API_ORDERINGS], empty_label=None,
+        help_text="`-created` (newest first, the default) or `created` (oldest first).")
 
     class Meta:
         model = Job
-        fields = ["site", "state", "study", "job_id"]
+        fields = ["site", "state", "study", "job_id", "q", "created_after", "created_before", "ordering"]
+        form = JobFilterForm
+
+    def filter_q(self, queryset, name, value):
+        return search_jobs(queryset, value)
+
+    def filter_ordering(self, queryset, name, value):
+        return queryset
 
 
 class EventFilter(django_filters.FilterSet):

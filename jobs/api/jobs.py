@@ -21,7 +21,15 @@ from backends.base import Handle
 from backends.logtail import cap_tail
 from jobs.api import access
 from jobs.api.base import ApiMixin
-from jobs.api.filters import AFTER_SCHEMA, EventFilter, JobFilter, StrictIntegerQueryField, filtered, query
+from jobs.api.filters import (
+    AFTER_SCHEMA,
+    API_ORDERINGS,
+    EventFilter,
+    JobFilter,
+    StrictIntegerQueryField,
+    filtered,
+    query,
+)
 from jobs.api.pagination import EventCursorPagination, JobCursorPagination
 from jobs.api.schema import JOB_PK_SCHEMA, error_response
 from jobs.api.serializers import (
@@ -66,6 +74,15 @@ class LogsQuery(serializers.Serializer):
         "LAUNCHER_LOGS_TAIL_BYTES either way."))
 
 
+class JobListPagination(JobCursorPagination):
+    """Cursor pages in the order `?ordering=` asked for (JobFilter has validated it by now): newest
+    or oldest first, both on the unique id. Name, state or duration orders are the dashboard's only:
+    a cursor over a changing or repeated value (a state, a running duration) would skip or repeat jobs."""
+
+    def get_ordering(self, request, queryset, view):
+        return (API_ORDERINGS.get(request.query_params.get("ordering") or "-created", "-id"),)
+
+
 JOB_PK = OpenApiParameter("id", JOB_PK_SCHEMA, OpenApiParameter.PATH, description="The job's `id`.")
 
 
@@ -77,7 +94,7 @@ class JobViewSet(ApiMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
     """NVFlare jobs. A site token sees and acts on its own site's jobs only."""
 
     serializer_class = JobSerializer
-    pagination_class = JobCursorPagination
+    pagination_class = JobListPagination
     filterset_class = JobFilter
     lookup_value_regex = "[0-9]{1,18}"  # anything else is a 404 before any query
     never_forbidden = ("list", "retrieve", "events", "logs")  # jobs the caller may not see are 404s

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.contrib.auth.decorators import login_required
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import urlencode
 from django.views.decorators.http import require_GET
 
 from jobs import selectors
@@ -54,4 +56,6 @@ def site_history(request, site):
         "days": days, "bars": bars, "top": top, "states": TERMINAL, "duration_bars": duration_bars, "dtop": dtop,
         "chart_w": CHART_W, "chart_h": CHART_H, "chart_h_label": CHART_H + 16,
         "totals": {s: sum(by_day[d][s] for d in day_list) for s in TERMINAL},
+        "list_url": reverse("site-overview", kwargs={"site": site.name}) + "?" + urlencode(
+            {"created_after": day_list[0].isoformat(), "sort": "-duration"}),
     }, site=site, section="history")

@@ -7,13 +7,15 @@ import json
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, redirect
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods
 
 from backends.base import BackendError, Handle, InvalidJobSpec
 from backends.logtail import cap_tail
 from jobs import forms, selectors
-from jobs.models import State
+from jobs.models import Job, State
 from jobs.payloads import job_payload
 from jobs.services.audit import audit_request
 from jobs.services.cancellation import job_request_terminate
@@ -21,9 +23,10 @@ from jobs.services.probe import probe_report
 from jobs.services.sites import site_backend
 from jobs.services.submission import job_submit
 from jobs.templatetags.launcher_ui import RETURN_CODES
+from jobs.views import job_list
 from jobs.views.common import get_job, get_site, parse_int, render_page
 
-PAGE_SIZE = 50
+PAGE_SIZE = job_list.PAGE_SIZE
 SECTIONS = {"overview": "site-overview", "launch": "job-launch", "studies": "studies", "settings": "site-settings",
             "history": "site-history", "tokens": "site-tokens"}
 
@@ -55,21 +58,71 @@ def site_switch(request):
 
 
 @login_required
-@require_GET
+@require_http_methods(["GET", "POST"])
 def site_overview(request, site):
     site = get_site(request, site)
-    filters = {"state": request.GET.get("state", ""), "study": request.GET.get("study", ""),
-               "text": request.GET.get("q", "").strip()[:100]}
-    if filters["state"] not in State.values:
-        filters["state"] = ""
+    if request.method == "POST":
+        return _terminate_selected(request, site)
+    if request.GET.get("row"):  # one row, for the live table to fill in a job it saw appear
+        job = get_object_or_404(Job.objects.select_related("site", "submitted_by", "submitted_by_token"),
+                                site=site, pk=parse_int(request.GET["row"]) or 0)
+        job.display_name, job.submitter_label = job_list.job_name(job), job_list.submitter_label(job)
+        return render(request, "jobs/includes/job_row.html", {
+            "job": job, "selectable": selectors.user_may(request.user, site, "operator")})
     seq = selectors.last_event_seq()  # before the rows: the websocket resumes from here, missing nothing
-    page = selectors.site_jobs_page(site, **filters, before=parse_int(request.GET.get("before")),
-                                    after=parse_int(request.GET.get("after")), limit=PAGE_SIZE)
+    page = job_list.site_job_list(site, request.GET)
+    filters = page["filters"]
+    query = {k: v for k, v in filters.items() if v}
     return render_page(request, "jobs/overview.html", {
-        "page": page, "filters": filters, "q": filters["text"], "counts": selectors.site_state_counts(site),
-        "states": State.values, "studies": selectors.site_studies(site).values_list("name", flat=True),
-        "seq": seq, "first_page": not request.GET.get("before") and not request.GET.get("after"),
+        "page": page, "filters": filters, "q": filters["q"], "errors": page["errors"], "sort": page["sort"],
+        "columns": _sort_columns(query, page["sort"]), "query": urlencode(query),
+        "sort_query": urlencode({**query, "sort": page["sort"]}),
+        "counts": selectors.site_state_counts(site), "states": State.values,
+        "studies": selectors.site_studies(site).values_list("name", flat=True),
+        "seq": seq, "first_page": page["first_page"],
+        "selectable": selectors.user_may(request.user, site, "operator"),
     }, site=site, section="overview")
+
+
+SORT_LABELS = {"name": "Job", "state": "State", "created": "Created (UTC)", "duration": "Duration"}
+
+
+def _sort_columns(query: dict, sort: str) -> dict:
+    """Per sortable column: the link that sorts by it (again: the other way) and its aria-sort."""
+    columns = {}
+    for key, label in SORT_LABELS.items():
+        current = sort.lstrip("-") == key
+        descending = sort.startswith("-")
+        first = "-" if key in ("created", "duration") else ""  # newest and longest first
+        target = (key if descending else f"-{key}") if current else f"{first}{key}"
+        columns[key] = {"label": label, "href": "?" + urlencode({**query, "sort": target}),
+                        "aria": ("descending" if descending else "ascending") if current else None}
+    return columns
+
+
+def _terminate_selected(request, site):
+    """Terminate the selected jobs: a confirmation page listing them first, then one service call
+    per job (idempotent; jobs already over are left as they are)."""
+    site = get_site(request, site.name, "operator")
+    ids = [i for i in (parse_int(v) for v in request.POST.getlist("job")[:PAGE_SIZE]) if i]
+    jobs = list(Job.objects.select_related("site").filter(site=site, pk__in=ids).order_by("-id"))
+    back = request.POST.get("back", "")
+    back = back if back.startswith("?") and back.isprintable() and len(back) < 1000 else ""  # our own query
+    cancel = reverse("site-overview", kwargs={"site": site.name}) + back
+    running = [job for job in jobs if not job.is_terminal]
+    for job in running:
+        job.display_name = job_list.job_name(job)
+    if not running:
+        messages.error(request, "Select at least one job that has not ended.")
+        return redirect(cancel)
+    if request.POST.get("confirm") != "1":
+        return render_page(request, "jobs/job_terminate_selected.html", {
+            "jobs": running, "cancel": cancel, "back": back}, site=site, section="overview")
+    for job in running:
+        job = job_request_terminate(job=job, source="admin", requested_by=request.user.get_username())
+        audit_request(request, "job.terminate", f"job:{job.pk}", {"site": site.name, "job_id": job.job_id}, site=site)
+    messages.success(request, f"Termination of {len(running)} job(s) requested.")
+    return redirect(cancel)
 
 
 @login_required
