@@ -43,31 +43,9 @@ def jobs_visible_to(user) -> QuerySet[Job]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Dashboard reads (jobs/views.py). Every job list is keyset-paginated on the (site, ..., -id)
-# indexes; nothing here counts a whole table per request.
+# Dashboard reads (the job lists themselves are in jobs/views/job_list.py); nothing here counts a
+# whole table per request.
 # ---------------------------------------------------------------------------------------------
-
-def site_jobs_page(site: Site, *, state: str = "", study: str = "", text: str = "", before: int | None = None,
-                   after: int | None = None, limit: int = 50) -> dict:
-    """One page of a site's jobs, newest first, plus the cursors of the neighbouring pages."""
-    from django.db.models import Q
-
-    jobs = Job.objects.filter(site=site)
-    if state:
-        jobs = jobs.filter(state=state)
-    if study:
-        jobs = jobs.filter(study=study)
-    if text:
-        jobs = jobs.filter(Q(job_id__icontains=text) | Q(image__icontains=text))
-    if after is not None:
-        rows = list(jobs.filter(id__gt=after).order_by("id")[:limit])[::-1]
-    else:
-        page = jobs.filter(id__lt=before) if before is not None else jobs
-        rows = list(page.order_by("-id")[:limit])
-    newer = rows and jobs.filter(id__gt=rows[0].id).exists()
-    older = rows and jobs.filter(id__lt=rows[-1].id).exists()
-    return {"jobs": rows, "newer": rows[0].id if newer else None, "older": rows[-1].id if older else None}
-
 
 def site_state_counts(site: Site) -> dict[str, int]:
     """Jobs per state for one site: one grouped count served by the (site, state, -id) index."""
