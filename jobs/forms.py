@@ -1,6 +1,7 @@
 """Dashboard forms. They only parse what a person typed; every rule lives in the services, whose
 errors (ValidationError keyed by field, InvalidJobSpec naming a dotted field) are put back on the
-matching form field by `errors_to_form`, so the page shows the same message as the API."""
+matching form field by jobs.forms_checks.apply_form, so the page shows the same message as the API,
+all of a submit's problems at once."""
 
 from __future__ import annotations
 
@@ -14,6 +15,13 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from backends import config_class
+from jobs.forms_checks import (
+    Incomplete,
+    SummaryMixin,
+    block_errors,
+    root_errors,
+    target_field,
+)
 from jobs.models import Backend, DatasetMode
 
 BACKEND_MODE = {"docker": "docker", "kubernetes": "k8s", "process": "process"}
@@ -21,24 +29,6 @@ DEFAULT_EXE_MODULE = {
     "client": "nvflare.private.fed.app.client.worker_process",
     "server": "nvflare.private.fed.app.server.runner_process",
 }
-
-
-def errors_to_form(form: forms.Form, errors: Mapping[str, list[str]], field_map: Mapping[str, str] | None = None) -> None:
-    """Attach service errors to form fields: an exact name, a mapped name, the longest mapped
-    prefix of a dotted key, else the form as a whole."""
-    field_map = field_map or {}
-    for key, messages in errors.items():
-        target = None
-        if key in form.fields:
-            target = key
-        elif key in field_map:
-            target = field_map[key]
-        else:
-            prefixes = [p for p in field_map if p.endswith(".") and key.startswith(p)]
-            if prefixes:
-                target = field_map[max(prefixes, key=len)]
-        for message in messages:
-            form.add_error(target if target in form.fields else None, message)
 
 
 def validation_errors(exc: ValidationError) -> dict[str, list[str]]:
@@ -86,14 +76,16 @@ class KeyValueField(forms.CharField):
 
     def clean(self, value):
         value = super().clean(value) or ""
-        result = {}
+        result, problems = {}, []
         for number, line in enumerate(value.splitlines(), 1):
             if not line.strip():
                 continue
             name, sep, rest = line.partition("=")
             if not sep:
-                raise ValidationError(f"Line {number}: expected NAME=value.")
+                problems.append(f"Line {number}: expected NAME=value.")
             result[name.strip()] = rest
+        if problems:
+            raise ValidationError(problems)
         return result
 
 
@@ -116,7 +108,7 @@ class LinesField(forms.CharField):
 # ---------------------------------------------------------------------------------------------
 
 
-class LaunchForm(forms.Form):
+class LaunchForm(SummaryMixin, forms.Form):
     site = forms.ChoiceField(label="Site")
     job_id = forms.CharField(label="NVFlare job id", max_length=128)
     study = forms.ChoiceField(label="Study", required=False)
@@ -210,7 +202,7 @@ def _number_or_text(value: str) -> Any:
 STAFF_MANAGED = "Managed by platform staff."
 
 
-class SiteSettingsForm(forms.Form):
+class SiteSettingsForm(SummaryMixin, forms.Form):
     """For staff every setting is editable. For a site admin (`staff=False`) the staff-only ones
     (jobs.services.policy) are shown disabled and keep their stored value when not submitted; a
     submitted different value is refused by the catalog with the API's message, on that field."""
@@ -285,10 +277,34 @@ class SiteSettingsForm(forms.Form):
                 data[key] = _number_or_text(value.strip()) if _looks_numeric_field(kind, key) else value
         return data
 
+    def clean_allowed_data_roots(self):
+        roots = self.cleaned_data["allowed_data_roots"]
+        # A locked (staff-only) field is judged by the service's policy first: "only staff may".
+        problems = root_errors(roots) if "allowed_data_roots" not in self.locked else []
+        if problems:
+            raise ValidationError(problems)
+        return roots
+
+    def clean(self):
+        """The chosen backend's block, every problem at once (the service stops at the first)."""
+        data = super().clean()
+        kind = data.get("backend")
+        if kind in self.kinds:
+            mapping = self.field_map()
+            for key, reason in block_errors(kind, self.block(kind)):
+                target = target_field(self, key, mapping)
+                if target not in self.locked:
+                    self.add_error(target, reason)
+        return data
+
     def changes(self) -> dict[str, Any]:
-        kind = self.cleaned_data["backend"]
-        return {"name": self.cleaned_data["name"], "backend": kind,
-                "allowed_data_roots": self.cleaned_data["allowed_data_roots"], kind: self.block(kind)}
+        """What the service gets; after failed fields, the stored values (forms_checks.apply_form)."""
+        values = self.values()
+        kind = values.get("backend")
+        if kind not in self.kinds:
+            raise Incomplete("no valid backend")
+        return {"name": values.get("name") or "", "backend": kind,
+                "allowed_data_roots": values.get("allowed_data_roots") or [], kind: self.block(kind)}
 
     def field_map(self) -> dict[str, str]:
         mapping = {}
@@ -312,7 +328,7 @@ def _looks_numeric_field(kind: str, key: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-class StudyForm(forms.Form):
+class StudyForm(SummaryMixin, forms.Form):
     FIELD_MAP = {"docker_kwargs.": "docker_kwargs", "pod_template.": "pod_template"}
 
     name = forms.CharField(label="Study name", max_length=63)
@@ -333,13 +349,13 @@ class StudyForm(forms.Form):
             del self.fields["pod_template"]
 
 
-class DatasetForm(forms.Form):
+class DatasetForm(SummaryMixin, forms.Form):
     name = forms.CharField(label="Dataset name", max_length=63)
     source = forms.CharField(label="Source (host path, or PVC name on Kubernetes)", max_length=1024)
     mode = forms.ChoiceField(label="Mode", choices=DatasetMode.choices, initial=DatasetMode.RO)
 
 
-class StudyDataImportForm(forms.Form):
+class StudyDataImportForm(SummaryMixin, forms.Form):
     text = forms.CharField(label="study_data.yaml", required=False,
                            widget=forms.Textarea(attrs={"rows": 12, "spellcheck": "false", "class": "mono"}))
     upload = forms.FileField(label="…or upload the file", required=False)
@@ -359,12 +375,12 @@ class StudyDataImportForm(forms.Form):
         return data
 
 
-class TokenForm(forms.Form):
+class TokenForm(SummaryMixin, forms.Form):
     name = forms.CharField(label="Token name", max_length=100, required=False,
                            help_text="What it is for, e.g. the FL client host.")
 
 
-class ProbeForm(forms.Form):
+class ProbeForm(SummaryMixin, forms.Form):
     study = forms.ChoiceField(label="Study whose datasets to check")
     image = forms.CharField(label="Image", required=False, max_length=255,
                             help_text="Docker/Kubernetes: defaults to the study's image.")

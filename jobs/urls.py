@@ -17,6 +17,7 @@ urlpatterns = [
     path("sites/<str:site>/settings/", views.site_settings, name="site-settings"),
     path("sites/<str:site>/settings/check/", views.site_check, name="site-check"),
     path("sites/<str:site>/settings/probe/", views.site_probe_run, name="site-probe"),
+    path("sites/<str:site>/delete/", views.site_delete, name="site-delete"),
     path("sites/<str:site>/tokens/", views.site_tokens, name="site-tokens"),
     path("sites/<str:site>/studies/", views.studies, name="studies"),
     path("sites/<str:site>/study-data/import/", views.study_data_import, name="study-import"),

@@ -16,7 +16,13 @@ from jobs.views.jobs import (
     site_overview,
     site_switch,
 )
-from jobs.views.sites import site_check, site_create, site_probe_run, site_settings
+from jobs.views.sites import (
+    site_check,
+    site_create,
+    site_delete,
+    site_probe_run,
+    site_settings,
+)
 from jobs.views.studies import (
     dataset_delete,
     dataset_edit,
@@ -30,7 +36,7 @@ from jobs.views.tokens import site_tokens, token_revoke_view, user_tokens
 
 __all__ = [
     "dataset_delete", "dataset_edit", "home", "job_detail", "job_launch", "job_logs_download", "job_terminate",
-    "job_timeline", "site_check", "site_counts", "site_create", "site_history", "site_overview", "site_probe_run",
-    "site_settings", "site_switch", "site_tokens", "studies", "study_data_export", "study_data_import",
+    "job_timeline", "site_check", "site_counts", "site_create", "site_delete", "site_history", "site_overview",
+    "site_probe_run", "site_settings", "site_switch", "site_tokens", "studies", "study_data_export", "study_data_import",
     "study_delete", "study_detail", "token_revoke_view", "user_tokens",
 ]

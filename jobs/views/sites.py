@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.shortcuts import redirect
+from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from backends.base import BackendError, InvalidJobSpec
 from jobs import forms, selectors
-from jobs.services import catalog, policy
+from jobs.forms_checks import apply_form
+from jobs.models import ACTIVE
+from jobs.services import catalog
 from jobs.services.audit import audit_request
 from jobs.services.connection_check import site_check_connection
 from jobs.services.probe import site_probe
 from jobs.views.common import get_site, render_page
+from jobs.views.confirm import carried_fields, confirm_page, confirmed
 
 
 @login_required
@@ -23,21 +27,73 @@ from jobs.views.common import get_site, render_page
 def site_settings(request, site):
     site = get_site(request, site, "admin")
     form = forms.SiteSettingsForm(request.POST or None, site=site, staff=request.user.is_staff)
-    if request.method == "POST" and form.is_valid():
+    if request.method == "POST":
+        was = site.name
+
+        def save():
+            saved = catalog.site_update(site=site, actor=request.user, **form.changes())
+            audit_request(request, "site.update", f"site:{saved.name}", {"changes": form.changes(), "was": was},
+                          site=saved)
+            return saved
+
+        risks = _risks(site, form) if form.is_valid() else []
+        done = apply_form(form, save, field_map=form.field_map(), commit=not risks or confirmed(request))
+        if done is True:  # valid, but renames or switches the site: say what that does first
+            site.refresh_from_db()
+            return confirm_page(request, title=f"Change site {site.name}?", consequences=risks,
+                                button="Save settings", cancel=reverse("site-settings", args=[site.name]),
+                                action=reverse("site-settings", args=[site.name]), carry=carried_fields(request),
+                                site=site, section="settings")
+        if done:
+            messages.success(request, "Site settings saved.")
+            return redirect("site-settings", site=done.name)
+        site.refresh_from_db()  # the service changed the instance before refusing
+    return _settings_page(request, site, form)
+
+
+def _risks(site, form) -> list[str]:
+    """What a rename or a backend switch breaks, in words, with this site's numbers."""
+    changes, risks = form.changes(), []
+    total = site.jobs.count()
+    active = site.jobs.filter(state__in=ACTIVE).count()
+    if changes["backend"] != site.backend:
+        risks.append(f"Site {site.name} has {total} job(s), {active} not finished; switching from {site.backend} "
+                     f"to {changes['backend']}: new launches run on {changes['backend']} with its settings, and "
+                     f"the jobs already started stay on {site.backend} (images, workspace and data roots must "
+                     "exist there too).")
+    if changes["name"] != site.name:
+        risks.append(f"Renaming site {site.name} to {changes['name']} breaks its FL client: the launcher's `site` "
+                     f"argument in the client's …__p_resources.json still says {site.name}, so its launches are "
+                     f"refused until it says {changes['name']}. Its {total} job record(s) stay with the site under "
+                     "its new name.")
+    return risks
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def site_delete(request, site):
+    site = get_site(request, site, "admin")
+    if not request.user.is_staff:
+        raise PermissionDenied("Only platform staff delete sites.")
+    total, active = site.jobs.count(), site.jobs.filter(state__in=ACTIVE).count()
+    if confirmed(request):
         try:
             with transaction.atomic():
-                site = catalog.site_update(site=site, actor=request.user, **form.changes())
-                audit_request(request, "site.update", f"site:{site.name}", {
-                    "changes": form.changes(), "was": request.resolver_match.kwargs.get("site")}, site=site)
-        except ValidationError as exc:
-            site.refresh_from_db()
-            if isinstance(exc, policy.StaffOnly):
-                form.add_error(None, exc.detail)
-            forms.errors_to_form(form, forms.validation_errors(exc), form.field_map())
-        else:
-            messages.success(request, "Site settings saved.")
+                audit_request(request, "site.delete", f"site:{site.name}", {"jobs": total})
+                catalog.site_delete(site=site, actor=request.user)
+        except catalog.SiteBusy as exc:
+            messages.error(request, f"Site {site.name} was not deleted: {exc}.")
             return redirect("site-settings", site=site.name)
-    return _settings_page(request, site, form)
+        request.session.pop("site", None)
+        messages.success(request, f"Site {site.name} deleted.")
+        return redirect("overview")
+    consequences = [f"Site {site.name} has {total} job(s); their records, its studies, datasets, members and "
+                    "site tokens are deleted with it. Its FL client can no longer launch anything."]
+    if active:
+        consequences.append(f"{active} job(s) are not finished: deleting is refused until they are terminated.")
+    return confirm_page(request, title=f"Delete site {site.name}?", consequences=consequences, button="Delete site",
+                        cancel=reverse("site-settings", args=[site.name]), site=site, section="settings",
+                        refused=request.method == "POST")
 
 
 def _settings_page(request, site, form, **extra):
@@ -53,15 +109,15 @@ def site_create(request):
     if not request.user.is_staff:
         raise PermissionDenied("Only staff create sites.")
     form = forms.SiteSettingsForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        changes = form.changes()
-        try:
-            with transaction.atomic():
-                site = catalog.site_create(**changes)
-                audit_request(request, "site.create", f"site:{site.name}", {"changes": changes}, site=site)
-        except ValidationError as exc:
-            forms.errors_to_form(form, forms.validation_errors(exc), form.field_map())
-        else:
+    if request.method == "POST":
+        def create():
+            changes = form.changes()
+            created = catalog.site_create(actor=request.user, **changes)
+            audit_request(request, "site.create", f"site:{created.name}", {"changes": changes}, site=created)
+            return created
+
+        site = apply_form(form, create, field_map=form.field_map())
+        if site:
             return redirect("site-settings", site=site.name)
     return render_page(request, "jobs/site_create.html", {"form": form})
 

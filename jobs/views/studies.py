@@ -12,10 +12,12 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
 from jobs import forms, selectors
+from jobs.forms_checks import apply_form
 from jobs.services import catalog, study_files
 from jobs.services.audit import audit_request
 from jobs.services.study_preview import study_data_preview
 from jobs.views.common import get_site, render_page
+from jobs.views.confirm import confirm_page, confirmed
 
 
 @login_required
@@ -25,17 +27,18 @@ def studies(request, site):
     form = forms.StudyForm(request.POST or None, backend=site.backend)
     if request.method == "POST":
         site = get_site(request, site.name, "admin")
-        if form.is_valid():
-            try:
-                with transaction.atomic():
-                    study = catalog.study_create(site=site, actor=request.user, **form.cleaned_data)
-                    audit_request(request, "study.create", f"site:{site.name}/study:{study.name}",
-                                  {"changes": form.cleaned_data}, site=site)
-            except ValidationError as exc:
-                forms.errors_to_form(form, forms.validation_errors(exc), forms.StudyForm.FIELD_MAP)
-            else:
-                messages.success(request, f"Study {study.name} added.")
-                return redirect("study-detail", site=site.name, study=study.name)
+
+        def create():
+            values = form.values()
+            study = catalog.study_create(site=site, actor=request.user, **values)
+            audit_request(request, "study.create", f"site:{site.name}/study:{study.name}", {"changes": values},
+                          site=site)
+            return study
+
+        study = apply_form(form, create, field_map=forms.StudyForm.FIELD_MAP)
+        if study:
+            messages.success(request, f"Study {study.name} added.")
+            return redirect("study-detail", site=site.name, study=study.name)
     return render_page(request, "jobs/studies.html", {"studies": selectors.site_studies(site), "form": form},
                        site=site, section="studies")
 
@@ -45,38 +48,40 @@ def studies(request, site):
 def study_detail(request, site, study):
     site = get_site(request, site)
     study = get_object_or_404(selectors.site_studies(site), name=study)
-    study_form = forms.StudyForm(initial={f: getattr(study, f) for f in forms.StudyForm.base_fields}, backend=site.backend)
-    dataset_form = forms.DatasetForm()
+    initial = {f: getattr(study, f) for f in forms.StudyForm.base_fields}
+    # Two forms on one page: their own id prefixes (the posted names stay as they are).
+    study_form = forms.StudyForm(initial=initial, backend=site.backend, auto_id="study-%s")
+    dataset_form = forms.DatasetForm(auto_id="dataset-%s")
     if request.method == "POST":
         get_site(request, site.name, "admin")
         if request.POST.get("action") == "dataset":
-            dataset_form = forms.DatasetForm(request.POST)
-            if dataset_form.is_valid():
-                try:
-                    with transaction.atomic():
-                        catalog.dataset_create(study=study, **dataset_form.cleaned_data)
-                        audit_request(request, "dataset.create", f"site:{site.name}/study:{study.name}/dataset:"
-                                      f"{dataset_form.cleaned_data['name']}", {"changes": dataset_form.cleaned_data},
-                                      site=site)
-                except ValidationError as exc:
-                    forms.errors_to_form(dataset_form, forms.validation_errors(exc))
-                else:
-                    messages.success(request, f"Dataset {dataset_form.cleaned_data['name']} added.")
-                    return redirect("study-detail", site=site.name, study=study.name)
+            dataset_form = forms.DatasetForm(request.POST, auto_id="dataset-%s")
+
+            def add():
+                values = dataset_form.values()
+                catalog.dataset_create(study=study, **values)
+                audit_request(request, "dataset.create", f"site:{site.name}/study:{study.name}/dataset:"
+                              f"{values['name']}", {"changes": values}, site=site)
+                return values["name"]
+
+            name = apply_form(dataset_form, add)
+            if name:
+                messages.success(request, f"Dataset {name} added.")
+                return redirect("study-detail", site=site.name, study=study.name)
         else:
-            study_form = forms.StudyForm(request.POST, backend=site.backend)
-            if study_form.is_valid():
-                try:
-                    with transaction.atomic():
-                        audit_request(request, "study.update", f"site:{site.name}/study:{study.name}",
-                                      {"changes": study_form.cleaned_data}, site=site)
-                        study = catalog.study_update(study=study, actor=request.user, **study_form.cleaned_data)
-                except ValidationError as exc:
-                    study.refresh_from_db()
-                    forms.errors_to_form(study_form, forms.validation_errors(exc), forms.StudyForm.FIELD_MAP)
-                else:
-                    messages.success(request, "Study saved.")
-                    return redirect("study-detail", site=site.name, study=study.name)
+            study_form = forms.StudyForm(request.POST, initial=initial, backend=site.backend, auto_id="study-%s")
+
+            def save():
+                values = study_form.values()
+                audit_request(request, "study.update", f"site:{site.name}/study:{study.name}",
+                              {"changes": values}, site=site)
+                return catalog.study_update(study=study, actor=request.user, **values)
+
+            saved = apply_form(study_form, save, field_map=forms.StudyForm.FIELD_MAP)
+            if saved:
+                messages.success(request, "Study saved.")
+                return redirect("study-detail", site=site.name, study=saved.name)
+            study.refresh_from_db()  # the service changed the instance before refusing
     return render_page(request, "jobs/study_detail.html", {"study": study, "study_form": study_form,
                                                             "dataset_form": dataset_form}, site=site, section="studies")
 
@@ -86,16 +91,19 @@ def study_detail(request, site, study):
 def study_delete(request, site, study):
     site = get_site(request, site, "admin")
     study = get_object_or_404(selectors.site_studies(site), name=study)
-    if request.method == "POST":
+    if confirmed(request):
         with transaction.atomic():
             catalog.study_delete(study=study)
             audit_request(request, "study.delete", f"site:{site.name}/study:{study.name}", site=site)
         messages.success(request, f"Study {study.name} deleted.")
         return redirect("studies", site=site.name)
-    return render_page(request, "jobs/confirm.html", {
-        "title": f"Delete study {study.name}?", "body": f"Its {study.datasets.count()} dataset(s) are removed too.",
-        "cancel": reverse("study-detail", args=[site.name, study.name]), "button": "Delete study"},
-        site=site, section="studies")
+    datasets = study.datasets.count()
+    return confirm_page(request, title=f"Delete study {study.name}?", consequences=[
+        f"Its {datasets} dataset(s) are removed too. Jobs launched later for study {study.name} still run, but "
+        "without its datasets, image and environment (their timeline notes the study is not configured)."],
+        button="Delete study",
+        cancel=reverse("study-detail", args=[site.name, study.name]), site=site, section="studies",
+        refused=request.method == "POST")
 
 
 @login_required
@@ -106,17 +114,17 @@ def dataset_edit(request, site, study, dataset):
     dataset = get_object_or_404(study.datasets.all(), name=dataset)
     form = forms.DatasetForm(request.POST or None, initial={"name": dataset.name, "source": dataset.source,
                                                             "mode": dataset.mode})
-    if request.method == "POST" and form.is_valid():
-        try:
-            with transaction.atomic():
-                audit_request(request, "dataset.update", f"site:{site.name}/study:{study.name}/dataset:{dataset.name}",
-                              {"changes": form.cleaned_data}, site=site)
-                catalog.dataset_update(dataset=dataset, **form.cleaned_data)
-        except ValidationError as exc:
-            forms.errors_to_form(form, forms.validation_errors(exc))
-        else:
+    if request.method == "POST":
+        def save():
+            values = form.values()
+            audit_request(request, "dataset.update", f"site:{site.name}/study:{study.name}/dataset:{dataset.name}",
+                          {"changes": values}, site=site)
+            return catalog.dataset_update(dataset=dataset, **values)
+
+        if apply_form(form, save):
             messages.success(request, "Dataset saved.")
             return redirect("study-detail", site=site.name, study=study.name)
+        dataset.refresh_from_db()
     return render_page(request, "jobs/dataset_edit.html", {"study": study, "dataset": dataset, "form": form},
                        site=site, section="studies")
 
@@ -127,17 +135,18 @@ def dataset_delete(request, site, study, dataset):
     site = get_site(request, site, "admin")
     study = get_object_or_404(selectors.site_studies(site), name=study)
     dataset = get_object_or_404(study.datasets.all(), name=dataset)
-    if request.method == "POST":
+    if confirmed(request):
         with transaction.atomic():
             catalog.dataset_delete(dataset=dataset)
             audit_request(request, "dataset.delete", f"site:{site.name}/study:{study.name}/dataset:{dataset.name}",
                           site=site)
         messages.success(request, f"Dataset {dataset.name} deleted.")
         return redirect("study-detail", site=site.name, study=study.name)
-    return render_page(request, "jobs/confirm.html", {
-        "title": f"Delete dataset {study.name}/{dataset.name}?", "body": "Jobs launched later no longer mount it.",
-        "cancel": reverse("study-detail", args=[site.name, study.name]), "button": "Delete dataset"},
-        site=site, section="studies")
+    return confirm_page(request, title=f"Delete dataset {study.name}/{dataset.name}?", consequences=[
+        f"Jobs of study {study.name} launched later no longer mount /data/{study.name}/{dataset.name}; running "
+        "jobs keep what they mounted."], button="Delete dataset",
+        cancel=reverse("study-detail", args=[site.name, study.name]), site=site, section="studies",
+        refused=request.method == "POST")
 
 
 @login_required

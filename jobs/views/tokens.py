@@ -7,13 +7,14 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods
 
 from jobs import forms, selectors
 from jobs.models import ApiToken
 from jobs.services.audit import audit_request
 from jobs.services.tokens import token_create, token_revoke
 from jobs.views.common import get_site, render_page
+from jobs.views.confirm import confirm_page, confirmed
 
 
 @login_required
@@ -47,7 +48,7 @@ def site_tokens(request, site):
 
 
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def token_revoke_view(request, pk):
     token = get_object_or_404(ApiToken.objects.select_related("site", "user"), pk=pk)
     if token.user_id is not None:
@@ -57,6 +58,21 @@ def token_revoke_view(request, pk):
     else:
         get_site(request, token.site.name, "admin")
         target = reverse("site-tokens", args=[token.site.name])
+    if token.revoked_at is not None:
+        messages.info(request, f"Token {token.prefix}… was already revoked.")
+        return redirect(target)
+    if not confirmed(request):
+        label = f"“{token.name}” ({token.prefix}…)" if token.name else f"{token.prefix}…"
+        if token.site_id:
+            consequence = (f"Whatever uses token {label}, typically the FL server of site {token.site.name}, is "
+                           "cut off within seconds: its launches, reads and terminations are refused (401) until it is "
+                           "given a new token. Revoking cannot be undone.")
+        else:
+            consequence = (f"Scripts and tools that use your token {label} are refused (401) within seconds. "
+                           "Revoking cannot be undone.")
+        return confirm_page(request, title=f"Revoke token {token.prefix}…?", consequences=[consequence],
+                            button="Revoke token", cancel=target, site=token.site, section="tokens",
+                            refused=request.method == "POST")
     token_revoke(token=token)
     audit_request(request, "token.revoke", (f"site:{token.site.name}/" if token.site_id else "")
                   + f"token:{token.prefix}", {"name": token.name}, site=token.site)

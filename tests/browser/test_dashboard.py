@@ -117,7 +117,7 @@ def test_site_settings_studies_and_datasets_with_inline_validation(new_page, ser
     page.get_by_label("Dataset name").fill("Bad Name")
     page.get_by_label("Source").fill(str(server["data"] / "cohort-a"))
     page.get_by_role("button", name="Add dataset").click()
-    expect(page.locator("#id_name_error")).to_contain_text("Invalid name")
+    expect(page.locator("#dataset-name_error")).to_contain_text("Invalid name")  # the dataset form's own ids
     shot(page, "dataset-validation-error")
     page.get_by_label("Dataset name").fill("train")
     page.get_by_label("Mode").select_option("rw")

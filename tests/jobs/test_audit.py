@@ -40,7 +40,8 @@ def test_every_dashboard_change_writes_one_audit_entry_for_its_site(client, user
     assert entry.detail["changes"]["process"]["default_job_env"]["PYTHONPATH"] == "/x"
     assert "hf_SECRET_value" not in json.dumps(entry.detail)
     client.force_login(users["staff"])  # a rename (staff only)
-    assert client.post(reverse("site-settings", args=["site-1"]), {**data, "name": "site-one"}).status_code == 302
+    assert client.post(reverse("site-settings", args=["site-1"]), {**data, "name": "site-one",
+                                                                            "confirm": "yes"}).status_code == 302
     renamed = entries("site.update")[-1]
     assert renamed.target == "site:site-one" and renamed.detail["was"] == "site-1" and renamed.actor == "staff"
     client.force_login(users["owner"])
@@ -60,9 +61,9 @@ def test_every_dashboard_change_writes_one_audit_entry_for_its_site(client, user
     assert client.post(reverse("dataset-edit", args=[site, "second", "valid"]),
                        {"name": "valid", "source": str(data_root / "valid"), "mode": "rw"}).status_code == 302
     assert one("dataset.update").detail["changes"]["mode"] == "rw"
-    assert client.post(reverse("dataset-delete", args=[site, "second", "valid"])).status_code == 302
+    assert client.post(reverse("dataset-delete", args=[site, "second", "valid"]), {"confirm": "yes"}).status_code == 302
     assert one("dataset.delete").target == f"site:{site}/study:second/dataset:valid"
-    assert client.post(reverse("study-delete", args=[site, "second"])).status_code == 302
+    assert client.post(reverse("study-delete", args=[site, "second"]), {"confirm": "yes"}).status_code == 302
     assert one("study.delete").target == f"site:{site}/study:second"
     text = f"cohort:\n  train:\n    source: {data_root / 'cohort-a'}\n    mode: rw\n"
     assert client.post(reverse("study-import", args=[site]), {"action": "apply", "text": text}).status_code == 302
@@ -73,7 +74,7 @@ def test_every_dashboard_change_writes_one_audit_entry_for_its_site(client, user
     secret = response.context["secret"]
     token = ApiToken.objects.get(site=process_site)
     assert one("token.create").target == f"site:{site}/token:{token.prefix}"
-    assert client.post(reverse("token-revoke", args=[token.pk])).status_code == 302
+    assert client.post(reverse("token-revoke", args=[token.pk]), {"confirm": "yes"}).status_code == 302
     assert one("token.revoke").site_id == process_site.pk
     mine = client.post(reverse("user-tokens"), {"name": "laptop"}).context["secret"]
     assert entries("token.create")[-1].site is None

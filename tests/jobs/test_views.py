@@ -275,7 +275,8 @@ def test_tokens_show_the_secret_once_and_can_be_revoked(client, users, process_s
     assert secret.startswith("flr_") and secret in response.content.decode()
     token = ApiToken.objects.get(site=process_site)
     assert secret not in client.get(reverse("site-tokens", args=["site-1"])).content.decode()
-    client.post(reverse("token-revoke", args=[token.pk]))
+    # Revoking asks first (tests/jobs/test_confirmations.py); confirmed, it revokes.
+    client.post(reverse("token-revoke", args=[token.pk]), {"confirm": "yes"})
     assert ApiToken.objects.get(pk=token.pk).revoked_at is not None
 
     mine = client.post(reverse("user-tokens"), {"name": "laptop"}).context["secret"]
