@@ -7,6 +7,7 @@ from datetime import timezone as dt_timezone
 
 from django import template
 from django.utils import timezone
+from django.utils.html import format_html
 
 from jobs import selectors
 
@@ -44,7 +45,19 @@ def iso(value: datetime | None) -> str:
     return value.isoformat() if value else ""
 
 
+@register.filter
+def when(value: datetime | None, fmt: str = "local"):
+    """A <time> in UTC text; launcher.js shows it in the browser's zone (`fmt`: "local", "ago" or
+    "both"), with UTC on hover."""
+    if not value:
+        return "—"
+    text = utc(value)
+    return format_html('<time datetime="{}" title="{} UTC" data-format="{}">{} UTC</time>', iso(value), text, fmt, text)
+
+
 def format_seconds(seconds: float) -> str:
+    if 0 < seconds < 1:
+        return "<1s"  # never "0s" for a run that took a moment
     seconds = max(0, int(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)

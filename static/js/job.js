@@ -77,17 +77,48 @@ document.addEventListener("DOMContentLoaded", function () {
     document.getElementById("rc-text").textContent = hasCode ? (texts[String(job.return_code)] || "unknown return code") : "";
     set("image", job.image);
     set("handle", job.handle && job.handle.ref);
-    set("started_at", L.fmtUtc(job.started_at));
-    set("finished_at", L.fmtUtc(job.finished_at));
+    L.showTime(root.querySelector('[data-field="started_at"]'), job.started_at, "local");
+    L.showTime(root.querySelector('[data-field="finished_at"]'), job.finished_at, "both");
     set("reason", job.reason);
     set("detail", job.detail);
     document.getElementById("job-duration").textContent = L.duration(job.started_at, job.finished_at) || "—";
+    if (job.state !== "queued") loadSpec(job);
     loadTimeline();
     if (TERMINAL.indexOf(job.state) >= 0) {
       if (terminate) terminate.hidden = true;
       if (dialog && dialog.open) dialog.close();
       if (!wasTerminal) loadSavedTail();
     }
+  }
+
+  // "Spec as launched": the job.update payload carries no spec (it goes to every page of the site),
+  // so once the job has left "queued" the page asks the API for it, once.
+  const specBox = document.getElementById("job-spec");
+  let specState = specBox && specBox.querySelector("pre.spec") ? "shown" : "missing";
+
+  function sorted(value) {  // keys in order, as the server renders the spec (sort_keys)
+    if (Array.isArray(value)) return value.map(sorted);
+    if (value && typeof value === "object") {
+      const out = {};
+      Object.keys(value).sort().forEach(function (k) { out[k] = sorted(value[k]); });
+      return out;
+    }
+    return value;
+  }
+
+  function loadSpec(job) {
+    if (!specBox || specState !== "missing" || !job.url) return;
+    specState = "loading";
+    fetch(job.url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (data) {
+        if (!data || !data.spec) { specState = "missing"; return; }
+        const pre = document.createElement("pre");
+        pre.className = "spec";
+        pre.textContent = JSON.stringify(sorted(data.spec), null, 2);
+        specBox.replaceChildren(pre);
+        specState = "shown";
+      }).catch(function () { specState = "missing"; });
   }
 
   function loadTimeline() {
@@ -101,8 +132,7 @@ document.addEventListener("DOMContentLoaded", function () {
           const li = document.createElement("li");
           li.dataset.seq = e.seq;
           const time = document.createElement("time");
-          time.dateTime = e.at;
-          time.textContent = L.fmtUtc(e.at);
+          L.showTime(time, e.at);
           const badge = document.createElement("span");
           const note = e.from === e.to;
           badge.className = "badge " + (note ? "note" : "state-" + e.to);

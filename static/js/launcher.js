@@ -14,7 +14,57 @@
       pad(d.getUTCHours()) + ":" + pad(d.getUTCMinutes()) + ":" + pad(d.getUTCSeconds());
   }
 
+  // "YYYY-MM-DD HH:MM:SS" in the browser's own time zone.
+  function fmtLocal(iso) {
+    if (!iso) return "";
+    const d = new Date(iso);
+    if (isNaN(d)) return "";
+    return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
+      pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+  }
+
+  // "just now", "40 s ago", "3 min ago", "2 h ago", "5 days ago" (or "in 3 min").
+  function fmtAgo(iso, now) {
+    if (!iso) return "";
+    const d = new Date(iso);
+    if (isNaN(d)) return "";
+    const diff = Math.round(((now || new Date()) - d) / 1000), s = Math.abs(diff);
+    if (s < 5) return "just now";
+    let text;
+    if (s < 60) text = s + " s";
+    else if (s < 3600) text = Math.floor(s / 60) + " min";
+    else if (s < 86400) text = Math.floor(s / 3600) + " h";
+    else text = Math.floor(s / 86400) + (s < 172800 ? " day" : " days");
+    return diff >= 0 ? text + " ago" : "in " + text;
+  }
+
+  // A <time datetime> shows local time (data-format="ago": relative only, "both": local and
+  // relative), and UTC on hover. The server renders UTC text, so the page reads right without JS.
+  function showTime(el, iso, format) {
+    if (!el) return;
+    if (iso === undefined) iso = el.getAttribute("datetime");
+    if (el.tagName !== "TIME") {  // a cell: put a <time> in it
+      const inner = el.querySelector("time") || document.createElement("time");
+      if (!inner.parentNode) { el.textContent = ""; el.appendChild(inner); }
+      el.removeAttribute("title");
+      el = inner;
+    }
+    if (format) el.dataset.format = format;
+    if (!iso) { el.removeAttribute("datetime"); el.removeAttribute("title"); el.textContent = "—"; return; }
+    el.setAttribute("datetime", iso);
+    el.title = fmtUtc(iso) + " UTC";
+    const mode = el.dataset.format || "local";
+    if (mode === "ago") el.textContent = fmtAgo(iso);
+    else if (mode === "both") el.textContent = fmtLocal(iso) + " (" + fmtAgo(iso) + ")";
+    else el.textContent = fmtLocal(iso);
+  }
+
+  function showTimes(root) {
+    (root || document).querySelectorAll("time[datetime]").forEach(function (el) { showTime(el); });
+  }
+
   function fmtDuration(seconds) {
+    if (seconds > 0 && seconds < 1) return "<1s";  // never "0s" for a run that took a moment
     seconds = Math.max(0, Math.floor(seconds));
     const h = Math.floor(seconds / 3600), m = Math.floor((seconds % 3600) / 60), s = seconds % 60;
     if (h) return h + "h " + pad(m) + "m " + pad(s) + "s";
@@ -22,8 +72,10 @@
     return s + "s";
   }
 
-  function duration(started, finished) {
-    if (!started) return "";
+  // How long a job ran (or has been running); for a job not started yet, given when it was
+  // submitted: "queued 3 min".
+  function duration(started, finished, created) {
+    if (!started) return created && !finished ? "queued " + fmtAgo(created) : "";
     const end = finished ? new Date(finished) : new Date();
     return fmtDuration((end - new Date(started)) / 1000);
   }
@@ -137,10 +189,39 @@
     return el ? JSON.parse(el.textContent) : {};
   }
 
-  window.Launcher = { live: live, fmtUtc: fmtUtc, duration: duration, jsonData: jsonData, progressText: progressText,
+  window.Launcher = { live: live, fmtUtc: fmtUtc, fmtLocal: fmtLocal, fmtAgo: fmtAgo, showTime: showTime,
+    showTimes: showTimes, duration: duration, fmtDuration: fmtDuration, jsonData: jsonData, progressText: progressText,
     progressShort: progressShort };
 
+  // On a phone, tables in cards stack their cells (launcher.css): each cell is labelled with its
+  // column's header, taken from the table itself.
+  function labelCells(root) {
+    (root || document).querySelectorAll("table.plain:not(.sr-only)").forEach(function (table) {
+      const heads = Array.prototype.map.call(table.querySelectorAll("thead th"), function (th) {
+        return th.querySelector(".sr-only") ? "" : th.textContent.trim();
+      });
+      table.querySelectorAll("tbody tr").forEach(function (tr) {
+        Array.prototype.forEach.call(tr.cells, function (td, i) {
+          if (heads[i] && td.colSpan === 1 && !td.dataset.label) td.dataset.label = heads[i];
+        });
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    showTimes();
+    labelCells();
+    const note = document.getElementById("tz-note");
+    if (note) {
+      let zone = "";
+      try { zone = Intl.DateTimeFormat().resolvedOptions().timeZone || ""; } catch (e) { zone = ""; }
+      note.textContent = "Times are in your time zone" + (zone ? " (" + zone + ")" : "") + "; hover a time for UTC.";
+    }
+    // Relative times keep counting.
+    setInterval(function () {
+      document.querySelectorAll('time[datetime][data-format="ago"], time[datetime][data-format="both"]')
+        .forEach(function (el) { showTime(el); });
+    }, 15000);
     document.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
       select.addEventListener("change", function () { select.form.submit(); });
     });

@@ -113,9 +113,9 @@ document.addEventListener("DOMContentLoaded", function () {
     if (round) round.textContent = L.progressShort(job.progress);
     cell(row, "job_id").textContent = job.job_id;
     cell(row, "study").textContent = job.study || "";
-    cell(row, "created").textContent = L.fmtUtc(job.created_at);
-    cell(row, "created").title = job.created_at || "";
-    cell(row, "duration").textContent = L.duration(job.started_at, job.finished_at);
+    row.dataset.created = job.created_at || "";
+    L.showTime(cell(row, "created"), job.created_at);  // local time, UTC on hover
+    cell(row, "duration").textContent = L.duration(job.started_at, job.finished_at, job.created_at);
     cell(row, "return_code").textContent = job.return_code === null || job.return_code === undefined ? "" : job.return_code;
     const box = cell(row, "select") && cell(row, "select").querySelector("input");
     if (box) {
@@ -211,8 +211,8 @@ document.addEventListener("DOMContentLoaded", function () {
 
   setInterval(function () {
     body.querySelectorAll("tr[data-started]").forEach(function (row) {
-      if (row.dataset.started && !row.dataset.finished) {
-        cell(row, "duration").textContent = L.duration(row.dataset.started, null);
+      if ((row.dataset.started || row.dataset.created) && !row.dataset.finished) {  // running for / queued since
+        cell(row, "duration").textContent = L.duration(row.dataset.started, null, row.dataset.created);
       }
     });
   }, 1000);
