@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -15,6 +17,8 @@ from jobs.services.audit import audit_request
 from jobs.services.tokens import token_create, token_revoke
 from jobs.views.common import get_site, render_page
 from jobs.views.confirm import confirm_page, confirmed
+
+TOKEN_ENV = "FLARE_LAUNCHER_TOKEN"  # the variable README "Using it from NVFlare" uses
 
 
 @login_required
@@ -42,9 +46,21 @@ def site_tokens(request, site):
         audit_request(request, "token.create", f"site:{site.name}/token:{token.prefix}", {"name": token.name},
                       site=site)
         form = forms.TokenForm()
-    return render_page(request, "jobs/tokens.html", {"form": form, "secret": secret,
+    snippet = resources_snippet(request, site) if secret else None
+    return render_page(request, "jobs/tokens.html", {"form": form, "secret": secret, "snippet": snippet,
                                                      "tokens": selectors.tokens_of(site=site)}, site=site,
                        section="tokens")
+
+
+def resources_snippet(request, site) -> str:
+    """local/flare_launcher__p_resources.json as README "Using it from NVFlare" shows it, for this
+    launcher and site. The token is never in it (local/ is readable by every job): token_env names
+    the variable the FL parent reads it from."""
+    url = request.build_absolute_uri("/").rstrip("/")
+    return json.dumps({"format_version": 2, "components": [{
+        "id": "flare_launcher", "path": "flare_launcher_client.FlareLauncherJobLauncher",
+        "args": {"url": url, "site": site.name, "token_env": TOKEN_ENV, "timeout": 120},
+    }]}, indent=2)
 
 
 @login_required
