@@ -296,3 +296,15 @@ class WatcherLease(models.Model):
     site = models.OneToOneField(Site, on_delete=models.CASCADE, related_name="watcher_lease")
     owner = models.CharField(max_length=200)
     expires_at = models.DateTimeField()
+
+
+class SiteHealth(models.Model):
+    """What the watcher and reconcile last saw of a site's engine (jobs.services.site_health writes it)."""
+
+    site = models.OneToOneField(Site, on_delete=models.CASCADE, related_name="health")
+    watcher_connected_at = models.DateTimeField(null=True, blank=True)  # NULL while disconnected
+    watcher_error = models.TextField(blank=True)
+    watcher_error_at = models.DateTimeField(null=True, blank=True)
+    reconciled_at = models.DateTimeField(null=True, blank=True)
+    reconcile_ok = models.BooleanField(null=True)
+    reconcile_summary = models.TextField(blank=True)  # what it repaired, or why it failed

@@ -2,9 +2,11 @@ from django.urls import path
 
 from jobs import views
 from jobs.views.audit import audit_log
+from jobs.views.home import home
+from jobs.views.members import member_remove, site_members
 
 urlpatterns = [
-    path("", views.home, name="overview"),
+    path("", home, name="overview"),
     path("go/", views.site_switch, name="site-switch"),
     path("tokens/", views.user_tokens, name="user-tokens"),
     path("audit/", audit_log, name="audit"),
@@ -19,6 +21,8 @@ urlpatterns = [
     path("sites/<str:site>/settings/probe/", views.site_probe_run, name="site-probe"),
     path("sites/<str:site>/delete/", views.site_delete, name="site-delete"),
     path("sites/<str:site>/tokens/", views.site_tokens, name="site-tokens"),
+    path("sites/<str:site>/members/", site_members, name="site-members"),
+    path("sites/<str:site>/members/<int:pk>/remove/", member_remove, name="site-member-remove"),
     path("sites/<str:site>/studies/", views.studies, name="studies"),
     path("sites/<str:site>/study-data/import/", views.study_data_import, name="study-import"),
     path("sites/<str:site>/study_data.yaml", views.study_data_export, name="study-export"),

@@ -30,6 +30,7 @@ from jobs.models import Job, Site, WatcherLease
 from jobs.services.launching import job_apply_observation
 from jobs.services.progress import ProgressFeed
 from jobs.services.reconciliation import site_reconcile
+from jobs.services.site_health import site_health_connected, site_health_disconnected
 from jobs.services.sites import site_backend
 
 log = logging.getLogger(__name__)
@@ -186,8 +187,10 @@ class SiteWatcher(threading.Thread):
                     self._stream_once()
                 except BackendError as exc:
                     log.warning("watcher %s: %s; reconnecting in ~%.1fs", self.site_name, exc, backoff)
-                except Exception:
+                    site_health_disconnected(site_pk=self.site_pk, error=str(exc))
+                except Exception as exc:
                     log.exception("watcher %s failed; reconnecting in ~%.1fs", self.site_name, backoff)
+                    site_health_disconnected(site_pk=self.site_pk, error=f"watcher failed: {exc!r}")
                 finally:
                     if self.connected.is_set():
                         backoff = BACKOFF_START  # it was up: the next failure starts over
@@ -212,6 +215,7 @@ class SiteWatcher(threading.Thread):
             self.followers.track(job, backend)
         self.connects += 1
         self.connected.set()
+        site_health_connected(site_pk=self.site_pk)
         with Lanes(settings.LAUNCHER_WATCHER_LANES) as lanes:
             for observation in stream:
                 lanes.submit(observation.ref, self._apply, observation, backend)

@@ -23,6 +23,19 @@ class ReconcileReport:
 
 
 def site_reconcile(*, site: Site) -> ReconcileReport:
+    """_site_reconcile, its outcome recorded for the site's health (jobs.services.site_health)."""
+    from jobs.services.site_health import site_health_reconciled
+
+    try:
+        report = _site_reconcile(site=site)
+    except BackendError as exc:
+        site_health_reconciled(site_pk=site.pk, error=str(exc))
+        raise
+    site_health_reconciled(site_pk=site.pk, report=report)
+    return report
+
+
+def _site_reconcile(*, site: Site) -> ReconcileReport:
     """One pass over a site: every non-terminal job against the backend's list of managed
     workloads. A missed exit is recorded with its exit code; a workload that vanished -> lost; a
     managed workload no job claims -> recorded as an orphan (never deleted); a workload of a job
