@@ -35,16 +35,6 @@ SECTIONS = {"overview": "site-overview", "launch": "job-launch", "studies": "stu
 # Overview and site switching
 # ---------------------------------------------------------------------------------------------
 
-
-@login_required
-def home(request):
-    sites = selectors.sites_visible_to(request.user)
-    site = sites.filter(name=request.session.get("site", "")).first() or sites.first()
-    if site is None:
-        return render_page(request, "jobs/no_sites.html", {})
-    return redirect("site-overview", site=site.name)
-
-
 @login_required
 @require_GET
 def site_switch(request):
