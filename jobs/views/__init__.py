@@ -5,8 +5,8 @@ The names below are what jobs/urls.py routes to.
 """
 
 from jobs.views.history import site_history
+from jobs.views.home import home
 from jobs.views.jobs import (
-    home,
     job_detail,
     job_launch,
     job_logs_download,
