@@ -107,3 +107,14 @@ def docker_client_or_skip(*, base_url: str | None = None, timeout: float = 10, i
 def _build_images() -> None:
     """tests/images/build.sh, once per test process: it is idempotent, but not free."""
     subprocess.run([str(BUILD_SCRIPT)], check=True, timeout=120)
+
+
+def docker_workspace(path, *, uid: int = 1000):
+    """A Docker site workspace a save accepts (jobs.services.site_checks runs the launch-time checks):
+    startup/ and local/ inside, owned by an unprivileged job user."""
+    import os
+
+    for sub in ("startup", "local"):
+        os.makedirs(os.path.join(path, sub), exist_ok=True)
+    os.chown(path, uid, uid)
+    return path

@@ -23,7 +23,7 @@ from jobs.api.serializers import (
     reject_unknown,
 )
 from jobs.models import Dataset, Site, Study
-from jobs.services import catalog
+from jobs.services import catalog, site_checks
 from jobs.services.connection_check import site_check_connection
 
 
@@ -35,6 +35,11 @@ def _validated(serializer_class, request, *, partial: bool = False) -> dict:
     if partial:  # only what was sent, not the serializer's defaults
         data = {k: v for k, v in data.items() if k in request.data}
     return data
+
+
+def _with_warnings(data, warnings: list[str]) -> dict:
+    """A saved site's representation, plus what could not be checked (site_checks: never a refusal)."""
+    return {**data, "warnings": warnings} if warnings else data
 
 
 @extend_schema_view(
@@ -69,17 +74,21 @@ class SiteViewSet(ApiMixin, viewsets.ViewSet):
         data = _validated(SiteInputSerializer, request)
         with transaction.atomic():
             site = catalog.site_create(**data)
+            warnings = site_checks.check_site_save(site, actor=request.user)  # 400 naming each setting, or warnings
             self.audit("site.create", f"site:{site.name}", {"changes": data})
-        return Response(SiteSerializer(site, context={"request": request}).data, status=status.HTTP_201_CREATED)
+        return Response(_with_warnings(SiteSerializer(site, context={"request": request}).data, warnings),
+                        status=status.HTTP_201_CREATED)
 
     def partial_update(self, request, name=None):
         site = access.site_for(request, name, role="admin")
         data = _validated(SiteInputSerializer, request, partial=True)
+        before = site_checks.snapshot(site)
         with transaction.atomic():
             site = catalog.site_update(site=site, actor=request.user, **data)
+            warnings = site_checks.check_site_save(site, actor=request.user, before=before)
             detail = {"changes": data, **({"renamed_from": name} if site.name != name else {})}
             self.audit("site.update", f"site:{site.name}", detail)
-        return Response(SiteSerializer(site, context={"request": request}).data)
+        return Response(_with_warnings(SiteSerializer(site, context={"request": request}).data, warnings))
 
     def destroy(self, request, name=None):
         site = access.site_for(request, name, role="admin")

@@ -29,29 +29,40 @@ DEADLINE = "deadline"
 
 def site_check_connection(site: Site, datasets: list[dict[str, Any]] | None = None) -> list[CheckResult]:
     """The site backend's connection checks, with `datasets` (default: all of the site's datasets)
-    where the backend can see their sources. Returns within the deadline; a `busy` or `deadline`
-    result (ok=False) says why not."""
+    where the backend can see their sources, then jobs.services.site_checks' checks (the job user,
+    study images and docker_kwargs): the one function both Test connection and a site save run.
+    Returns within the deadline; a `busy` or `deadline` result (ok=False) says why not."""
+    from jobs.services.site_checks import engine_extras, local_checks, study_images
+
     backend = site_backend(site)
+    local = local_checks(site, backend)  # in this thread: it reads the site's studies
+    images = study_images(site)
     # Read in this thread: the pool threads never touch the database.
     args = ([DatasetSpec(**d) for d in datasets] if datasets is not None else [
         DatasetSpec(study=d.study.name, name=d.name, source=d.source, mode=d.mode)
         for d in Dataset.objects.filter(study__site=site).select_related("study")],)
     if not _slots.acquire(blocking=False):
-        return [CheckResult(name=BUSY, ok=False, detail=(
+        return local + [CheckResult(name=BUSY, ok=False, detail=(
             f"{CHECK_SLOTS} connection tests are already running in this process (a slow or unreachable "
             "engine?); try again in a few seconds."))]
     try:
-        future = _pool.submit(_run, backend.check_connection, args)
+        future = _pool.submit(_run, lambda ds: backend.check_connection(ds) + engine_extras(backend, images), args)
     except BaseException:
         _slots.release()
         raise
     deadline = settings.LAUNCHER_CHECK_DEADLINE_SECONDS
     try:
-        return future.result(timeout=deadline)
+        return _merge(future.result(timeout=deadline), local)
     except FutureTimeout:
-        return [CheckResult(name=DEADLINE, ok=False, detail=(
+        return local + [CheckResult(name=DEADLINE, ok=False, detail=(
             f"no answer within {deadline} s: the engine is slow or unreachable (the test goes on in the "
             "background until the site's timeout)."))]
+
+
+def _merge(engine: list[CheckResult], local: list[CheckResult]) -> list[CheckResult]:
+    """The local checks after the backend's workspace check (the job user follows from it)."""
+    at = next((i + 1 for i, r in enumerate(engine) if r.name == "workspace"), len(engine))
+    return engine[:at] + local + engine[at:]
 
 
 def _run(check, args: tuple) -> list[CheckResult]:

@@ -27,7 +27,8 @@ def site_backend(site: Site) -> Backend:
     """The backend object for a site, cached per process and rebuilt whenever the site's settings
     change. The cache only saves engine clients (a Docker or Kubernetes API client and its
     connection pool): a backend keeps no job state, so a new object would behave the same."""
-    key = (site.backend, site.updated_at, tuple(site.allowed_data_roots or ()))
+    # The settings too: a row changed without a save (queryset.update) or a rolled-back save keeps updated_at.
+    key = (site.backend, site.updated_at, tuple(site.allowed_data_roots or ()), repr(site_backend_settings(site)))
     with _cache_lock:
         cached = _cache.get(site.pk)
         if cached and cached[0] == key:

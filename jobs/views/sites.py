@@ -14,7 +14,7 @@ from backends.base import BackendError, InvalidJobSpec
 from jobs import forms, selectors
 from jobs.forms_checks import apply_form
 from jobs.models import ACTIVE
-from jobs.services import catalog
+from jobs.services import catalog, site_checks
 from jobs.services.audit import audit_request
 from jobs.services.connection_check import site_check_connection
 from jobs.services.probe import site_probe
@@ -28,10 +28,11 @@ def site_settings(request, site):
     site = get_site(request, site, "admin")
     form = forms.SiteSettingsForm(request.POST or None, site=site, staff=request.user.is_staff)
     if request.method == "POST":
-        was = site.name
+        was, warnings, before = site.name, [], site_checks.snapshot(site)
 
         def save():
             saved = catalog.site_update(site=site, actor=request.user, **form.changes())
+            warnings[:] = site_checks.check_site_save(saved, actor=request.user, before=before)  # all, named
             audit_request(request, "site.update", f"site:{saved.name}", {"changes": form.changes(), "was": was},
                           site=saved)
             return saved
@@ -46,6 +47,8 @@ def site_settings(request, site):
                                 site=site, section="settings")
         if done:
             messages.success(request, "Site settings saved.")
+            for warning in warnings:
+                messages.warning(request, warning)
             return redirect("site-settings", site=done.name)
         site.refresh_from_db()  # the service changed the instance before refusing
     return _settings_page(request, site, form)
@@ -110,14 +113,19 @@ def site_create(request):
         raise PermissionDenied("Only staff create sites.")
     form = forms.SiteSettingsForm(request.POST or None)
     if request.method == "POST":
+        warnings = []
+
         def create():
             changes = form.changes()
             created = catalog.site_create(actor=request.user, **changes)
+            warnings[:] = site_checks.check_site_save(created, actor=request.user)
             audit_request(request, "site.create", f"site:{created.name}", {"changes": changes}, site=created)
             return created
 
         site = apply_form(form, create, field_map=form.field_map())
         if site:
+            for warning in warnings:
+                messages.warning(request, warning)
             return redirect("site-settings", site=site.name)
     return render_page(request, "jobs/site_create.html", {"form": form})
 

@@ -6,6 +6,7 @@ docker_kwargs and pod_template refused at save, dataset sources kept off the wor
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 
@@ -24,6 +25,10 @@ def host(tmp_path):
     paths = {name: tmp_path / name for name in ("ws-d", "ws-other", "data", "outside", "data/ws-inside", "data/a")}
     for path in paths.values():
         path.mkdir(parents=True, exist_ok=True)
+    for ws in ("ws-d", "ws-other"):  # real workspaces: a save runs the launch-time checks (site_checks)
+        for sub in ("startup", "local"):
+            (paths[ws] / sub).mkdir()
+        os.chown(paths[ws], 1000, 1000)  # the job user (the owner) is not root
     return paths
 
 
@@ -60,7 +65,7 @@ PATCHES = {
     "root user": ("docker", lambda s, h: {"docker": block(s, allow_root=True, user="0:0")}, 200,
                   ["docker.allow_root", "docker.user"]),
     "host network": ("docker", lambda s, h: {"docker": block(s, network="host")}, 400, ["docker.network"]),
-    "engine endpoint": ("docker", lambda s, h: {"docker": block(s, docker_host="tcp://169.254.169.254:80")}, 200,
+    "engine endpoint": ("docker", lambda s, h: {"docker": block(s, docker_host="tcp://127.0.0.1:9")}, 200,
                         ["docker.docker_host"]),
     "other workspace": ("docker", lambda s, h: {"docker": block(s, workspace=str(h["ws-other"]))}, 200,
                         ["docker.workspace"]),
@@ -69,8 +74,9 @@ PATCHES = {
     "site kwargs": ("docker", lambda s, h: {"docker": block(s, default_job_container_kwargs={"read_only": False})}, 200,
                     ["docker.default_job_container_kwargs"]),
     "allow switch": ("docker", lambda s, h: {"docker": block(s, allow_host_ipc=True)}, 200, ["docker.allow_host_ipc"]),
-    "backend": ("docker", lambda s, h: {"backend": "process", "process": {"default_python_path": "/bin/sh"}}, 200,
-                ["backend", "process.default_python_path"]),
+    "backend": ("docker", lambda s, h: {"backend": "process", "process": {
+                "default_python_path": "/bin/sh", "allow_root": True}}, 200,
+                ["backend", "process.allow_root", "process.default_python_path"]),
     "rename": ("docker", lambda s, h: {"name": "site-renamed"}, 200, ["name"]),
     "kubeconfig": ("kubernetes", lambda s, h: {"kubernetes": block(s, config_file_path="/tmp/evil-kubeconfig")}, 200,
                    ["kubernetes.config_file_path"]),
@@ -114,7 +120,9 @@ def test_site_admins_may_change_job_timeouts_and_environment(role, expected, sit
         assert Site.objects.get(pk=site.pk).docker["workspace"] == site.docker["workspace"]
     # a partial block resets the other settings to defaults: that is a staff-only change
     reset = client_for(role).patch("/api/v1/sites/site-d/", {"docker": {"timeout": 50}}, format="json")
-    assert reset.status_code == (200 if role == "staff" else 403)
+    assert reset.status_code == (400 if role == "staff" else 403)
+    if role == "staff":  # allowed, but it empties docker.workspace: refused at save (jobs.services.site_checks)
+        assert "no workspace configured" in str(reset.json()["docker.workspace"])
 
 
 @pytest.mark.parametrize("role,expected", [("staff", 204), ("owner", 403), ("operator", 403), ("viewer", 403),

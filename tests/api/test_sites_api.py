@@ -14,7 +14,8 @@ pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 def test_staff_creates_a_site_and_backend_errors_name_the_field(as_user, tmp_path):
     staff = as_user("staff")
     created = staff.post("/api/v1/sites/", {"name": "site-7", "backend": "process",
-                                            "process": {"workspace": str(tmp_path)}}, format="json")
+                                            "process": {"workspace": str(tmp_path), "allow_root": True}},
+                         format="json")
     assert created.status_code == 201, created.json()
     assert created.json()["process"]["workspace"] == str(tmp_path)
     bad = staff.post("/api/v1/sites/", {"name": "site-8", "process": {"workspace": "relative"}}, format="json")

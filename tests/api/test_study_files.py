@@ -4,6 +4,7 @@ with a message naming the study/dataset, and dump -> parse round-trips."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -201,6 +202,7 @@ def hosts(tmp_path):
     paths = {name: tmp_path / name for name in ("ws", "ws/startup", "ws/local", "data/tls", "outside")}
     for path in paths.values():
         path.mkdir(parents=True, exist_ok=True)
+    shutil.chown(paths["ws"], 1000, 1000)  # the job user (its owner) is not root: a site save checks it
     return paths
 
 

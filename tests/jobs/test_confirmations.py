@@ -9,6 +9,7 @@ from django.urls import reverse
 
 from jobs.models import ApiToken, AuditEntry, Dataset, Job, Site, Study
 from jobs.services.tokens import token_create
+from tests.util import docker_workspace
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
@@ -66,7 +67,7 @@ def test_a_viewer_cannot_even_see_the_revoke_confirmation(client, users, process
 def test_switching_the_backend_names_the_jobs_and_waits_for_the_confirmation(client, users, process_site, tmp_path):
     jobs(process_site, 3)
     jobs(process_site, 1, state="running")
-    (tmp_path / "docker-ws").mkdir()
+    docker_workspace(tmp_path / "docker-ws")
     client.force_login(users["staff"])
     url = reverse("site-settings", args=["site-1"])
     data = settings_data(client, process_site, backend="docker", docker__workspace=str(tmp_path / "docker-ws"))

@@ -13,6 +13,7 @@ from django.urls import reverse
 
 from jobs.models import Dataset, Site, Study
 from jobs.services import catalog
+from tests.util import docker_workspace
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
@@ -70,7 +71,7 @@ def test_a_new_site_with_five_problems_gets_all_of_them_in_one_answer(client, us
 
 def test_a_fixed_site_form_then_saves(client, users, data_root, tmp_path):
     client.force_login(users["staff"])
-    (tmp_path / "ws-new").mkdir()
+    docker_workspace(tmp_path / "ws-new")
     response = client.post(reverse("site-create"), create_post(data_root, docker__workspace=str(tmp_path / "ws-new")))
     assert response.status_code == 302, response.context["form"].errors
     assert Site.objects.get(name="site-new").backend == "docker"

@@ -10,6 +10,7 @@ from django.urls import reverse
 
 from jobs.models import Role, Site, SiteMembership, Study
 from jobs.services import catalog
+from tests.util import docker_workspace
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
@@ -98,8 +99,7 @@ def test_tampered_staff_fields_are_refused_inline_with_the_api_message(client, u
 
 def test_staff_change_host_settings_from_the_page(client, users, docker_site, tmp_path):
     client.force_login(users["staff"])
-    other = tmp_path / "ws2"
-    other.mkdir()
+    other = docker_workspace(tmp_path / "ws2")
     response = settings_post(client, docker_site, docker__workspace=str(other))
     assert response.status_code == 302, response.context["form"].errors
     assert Site.objects.get(pk=docker_site.pk).docker["workspace"] == str(other)
