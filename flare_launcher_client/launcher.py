@@ -158,9 +158,11 @@ class _JobHandle:
                   self.job_pk, exc)
         self.job = {**self.job, "state": "lost", "return_code": ABORTED}
 
-    def terminate(self) -> None:
+    def terminate(self, heartbeat_cleanup: bool = False) -> None:
         """Ask the launcher to stop the job. Idempotent; a job that is already gone is fine. Raises
-        LauncherError when the launcher cannot be reached after the client's retries."""
+        LauncherError when the launcher cannot be reached after the client's retries.
+        `heartbeat_cleanup`: NVFlare 2.9's client executor passes it when it stops a job whose
+        heartbeat was lost; the job is stopped the same way."""
         if self._terminal_code() is not None:
             return
         try:

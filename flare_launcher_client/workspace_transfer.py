@@ -93,8 +93,8 @@ class _TransferHandle:
         self.inner.wait()  # returns only once the job ended
         self.release()
 
-    def terminate(self) -> None:
-        self.inner.terminate()  # raises when the launcher cannot be told: the job may still run
+    def terminate(self, heartbeat_cleanup: bool = False) -> None:
+        self.inner.terminate(heartbeat_cleanup=heartbeat_cleanup)  # raises when the launcher cannot be told: the job may still run
         self.release()
 
 

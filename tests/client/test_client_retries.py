@@ -160,3 +160,11 @@ def test_a_job_that_does_not_start_in_time_is_submitted_again_then_terminated(sc
     assert scripted.count("POST", "/api/v1/jobs/7/terminate/") == 1
     assert 2 <= scripted.count("POST", "/api/v1/jobs/") - 1 <= 4  # re-submitted while queued
     assert scripted.count("GET", "/api/v1/jobs/7/wait/") <= 8
+
+
+def test_terminate_takes_nvflares_heartbeat_cleanup_argument(scripted):
+    # NVFlare 2.9's client executor stops a job whose heartbeat was lost with terminate(heartbeat_cleanup=True).
+    scripted.script("POST", "/api/v1/jobs/7/terminate/", (202, job("aborted", return_code=9)))
+    handle = launcher_module.handle_class()(client_for(scripted.url), job("running"))
+    handle.terminate(heartbeat_cleanup=True)
+    assert handle.poll() == 9 and scripted.count("POST", "/api/v1/jobs/7/terminate/") == 1
