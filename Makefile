@@ -29,6 +29,7 @@ run: $(VENV)/.runtime
 services:
 	bash scripts/test-services.sh
 	bash tests/images/build.sh
+	bash tests/images/build_nvflare.sh
 
 test: $(VENV)/.dev services
 	mkdir -p $(TEST_OUTPUT)
