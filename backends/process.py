@@ -252,6 +252,14 @@ class ProcessBackend(Backend):
     def logs(self, handle: Handle, *, tail: int = 200) -> str:
         return read_file_tail(self._log_path(handle.ref), tail, final_newline=False)  # byte-capped
 
+    def usage(self, handle: Handle) -> dict[str, Any] | None:
+        """Cumulative CPU seconds and resident memory of the job's process group (the job and its
+        children: the runner starts it in its own session); None when it is not running."""
+        from backends.process_stats import process_group_usage
+
+        pid = (self._read_state(handle.ref) or {}).get("pid")
+        return process_group_usage(int(pid)) if pid else None
+
     def cleanup(self, handle: Handle) -> None:
         """Remove the record and log of an ended job; StillRunning while it runs (or starts)."""
         if not self.inspect(handle).state.is_terminal:
@@ -394,3 +402,4 @@ def _wait_for(predicate, *, timeout: float) -> bool:
             return True
         time.sleep(0.02)
     return predicate()
+

@@ -171,6 +171,8 @@ class Job(models.Model):
     # Federated training progress read from the job's own output (jobs.services.progress): round,
     # total_rounds, last aggregation... None until the output shows any.
     progress = models.JSONField(null=True, blank=True, editable=False)
+    # The latest resource sample of the running job (jobs.services.usage): CPU, memory, GPUs requested.
+    usage = models.JSONField(null=True, blank=True, editable=False)
     submitted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     submitted_by_token = models.ForeignKey("ApiToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -203,6 +205,24 @@ class Job(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.state in TERMINAL
+
+    @property
+    def display_name(self) -> str:
+        """job_meta.name when it is a non-empty string, else the NVFlare job id."""
+        name = self.job_meta.get("name") if isinstance(self.job_meta, dict) else None
+        return name.strip() if isinstance(name, str) and name.strip() else self.job_id
+
+    @property
+    def submitter_label(self) -> str:
+        """Who submitted: the user's name, "site token <name>" for the FL server's token, or
+        "token <name>" for a user's token (select_related them to list many)."""
+        if self.submitted_by_id and self.submitted_by is not None:
+            return self.submitted_by.get_username()
+        token = self.submitted_by_token if self.submitted_by_token_id else None
+        if token is not None:
+            label = token.name or token.prefix
+            return f"site token {label}" if token.site_id else f"token {label}"
+        return ""
 
 
 class EventSource(models.TextChoices):
@@ -308,3 +328,41 @@ class SiteHealth(models.Model):
     reconciled_at = models.DateTimeField(null=True, blank=True)
     reconcile_ok = models.BooleanField(null=True)
     reconcile_summary = models.TextField(blank=True)  # what it repaired, or why it failed
+
+
+class Webhook(models.Model):
+    """Where a site's notifications go (jobs.services.notifications). Only platform staff set the URL:
+    it makes the launcher send requests from inside the site's network (docs/security.md)."""
+
+    site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="webhooks")
+    url = models.URLField(max_length=500)
+    events = models.JSONField(default=list)  # a subset of jobs.services.notifications.EVENTS
+    active = models.BooleanField(default=True)
+    secret = models.CharField(max_length=100)  # the HMAC-SHA256 key of the signature header
+    created_at = models.DateTimeField(auto_now_add=True)
+
+
+class WebhookDelivery(models.Model):
+    """One attempt to deliver one notification (status_code NULL: no HTTP answer, see error)."""
+
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=40)
+    status_code = models.IntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    attempt = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+
+class JobLog(models.Model):
+    """The whole output of a job, saved when it ended (jobs.services.job_logs), at most
+    LAUNCHER_LOGS_KEEP_BYTES: a longer output keeps its start and its end. Database text, so it
+    works in every layout (compose and Kubernetes share no disk); pruned with the job's events."""
+
+    job = models.OneToOneField(Job, on_delete=models.CASCADE, primary_key=True, related_name="full_log")
+    text = models.TextField()
+    size = models.BigIntegerField(default=0)  # bytes the job printed
+    cut = models.BigIntegerField(default=0)  # bytes left out in the middle
+    saved_at = models.DateTimeField(auto_now=True)

@@ -31,7 +31,7 @@ from django.utils import timezone
 JOB_FIELDS = (
     "id", "site", "job_id", "role", "study", "backend", "image", "handle", "state",
     "return_code", "exit_code", "reason", "detail", "created_at", "started_at",
-    "finished_at", "progress", "url",
+    "finished_at", "progress", "usage", "url",
 )
 # Job.progress as every reader gets it (jobs.services.progress writes it): always these keys.
 PROGRESS_FIELDS = ("round", "total_rounds", "aggregation_round", "aggregated_updates", "finished",
@@ -107,6 +107,13 @@ def _progress(value):
     return {name: value.get(name) for name in PROGRESS_FIELDS} if isinstance(value, dict) else None
 
 
+def _usage(value):
+    # The latest resource sample (jobs.services.usage) under exactly USAGE_FIELDS; None before any.
+    from jobs.services.usage import USAGE_FIELDS
+
+    return {name: value.get(name) for name in USAGE_FIELDS} if isinstance(value, dict) else None
+
+
 def job_payload(job, *, tz=None) -> dict:
     """The job as every reader gets it (JOB_FIELDS). `job.site` should be loaded with it
     (select_related), as for any list of jobs."""
@@ -130,6 +137,7 @@ def job_payload(job, *, tz=None) -> dict:
         "started_at": _when(job.started_at, tz),
         "finished_at": _when(job.finished_at, tz),
         "progress": _progress(job.progress),
+        "usage": _usage(job.usage),
         "url": job_url(job.pk),
     }
 

@@ -127,3 +127,18 @@ def jobs_prune_task() -> int:
     from jobs.services.retention import jobs_prune
 
     return jobs_prune().jobs
+
+
+WEBHOOK_RETRIES = 3  # attempts after the first; each one is a WebhookDelivery row
+
+
+@shared_task(bind=True, acks_late=True, max_retries=WEBHOOK_RETRIES)
+def webhook_deliver_task(self, webhook_pk: int, event: str, payload: dict) -> None:
+    """jobs.services.notifications: one attempt, then retries with backoff (LAUNCHER_WEBHOOK_BACKOFF,
+    2 s doubling) while the receiver gives no answer, a 5xx or a 429."""
+    from jobs.services.notifications import webhook_deliver
+
+    retries = self.request.retries
+    if webhook_deliver(webhook_pk=webhook_pk, event=event, payload=payload, attempt=retries + 1) \
+            and retries < WEBHOOK_RETRIES:
+        raise self.retry(countdown=_countdown(retries, getattr(settings, "LAUNCHER_WEBHOOK_BACKOFF", 2)))

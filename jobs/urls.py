@@ -4,6 +4,8 @@ from jobs import views
 from jobs.views.audit import audit_log
 from jobs.views.home import home
 from jobs.views.members import member_remove, site_members
+from jobs.views.relaunch import job_relaunch
+from jobs.views.webhooks import site_webhooks, webhook_remove, webhook_test
 
 urlpatterns = [
     path("", home, name="overview"),
@@ -23,6 +25,9 @@ urlpatterns = [
     path("sites/<str:site>/tokens/", views.site_tokens, name="site-tokens"),
     path("sites/<str:site>/members/", site_members, name="site-members"),
     path("sites/<str:site>/members/<int:pk>/remove/", member_remove, name="site-member-remove"),
+    path("sites/<str:site>/webhooks/", site_webhooks, name="site-webhooks"),
+    path("sites/<str:site>/webhooks/<int:pk>/test/", webhook_test, name="site-webhook-test"),
+    path("sites/<str:site>/webhooks/<int:pk>/remove/", webhook_remove, name="site-webhook-remove"),
     path("sites/<str:site>/studies/", views.studies, name="studies"),
     path("sites/<str:site>/study-data/import/", views.study_data_import, name="study-import"),
     path("sites/<str:site>/study_data.yaml", views.study_data_export, name="study-export"),
@@ -35,4 +40,5 @@ urlpatterns = [
     path("jobs/<int:pk>/timeline/", views.job_timeline, name="job-timeline"),
     path("jobs/<int:pk>/logs.txt", views.job_logs_download, name="job-logs"),
     path("jobs/<int:pk>/terminate/", views.job_terminate, name="job-terminate"),
+    path("jobs/<int:pk>/relaunch/", job_relaunch, name="job-relaunch"),
 ]

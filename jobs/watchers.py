@@ -32,6 +32,7 @@ from jobs.services.progress import ProgressFeed
 from jobs.services.reconciliation import site_reconcile
 from jobs.services.site_health import site_health_connected, site_health_disconnected
 from jobs.services.sites import site_backend
+from jobs.services.usage import UsageFeed
 
 log = logging.getLogger(__name__)
 BACKOFF_START, BACKOFF_CAP = 0.5, 30.0  # seconds between reconnect attempts, doubling, with jitter
@@ -102,10 +103,11 @@ def new_lines(previous: list[str], current: list[str]) -> list[str]:
 class LogFollower(threading.Thread):
     """Forwards one running job's new output lines with events.publish_log_lines until stopped."""
 
-    def __init__(self, backend, job_pk: int, site_name: str, handle: Handle):
+    def __init__(self, backend, job_pk: int, site_name: str, handle: Handle, spec: dict | None = None):
         super().__init__(name=f"logs-{job_pk}", daemon=True)
         self.backend, self.job_pk, self.site_name, self.handle = backend, job_pk, site_name, handle
         self.stop = threading.Event()
+        self.usage = UsageFeed(backend, job_pk, handle, spec)  # CPU/memory every LAUNCHER_RESOURCE_SAMPLE_SECONDS
 
     def run(self) -> None:
         previous: list[str] = []
@@ -120,6 +122,7 @@ class LogFollower(threading.Thread):
             previous = current
             events.publish_log_lines(self.job_pk, self.site_name, fresh)
             progress.feed(fresh)
+            self.usage.tick()
             self.stop.wait(LOG_POLL_SECONDS)
 
 
@@ -145,7 +148,7 @@ class LogFollowers:
                 return
             if len(self._running) >= settings.LAUNCHER_LOG_FOLLOWERS:
                 return
-            follower = LogFollower(backend, job.pk, self.site_name, Handle(**job.handle))
+            follower = LogFollower(backend, job.pk, self.site_name, Handle(**job.handle), job.spec)
             self._running[job.pk] = follower
             self.mine.add(job.pk)
         follower.start()

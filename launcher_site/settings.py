@@ -248,6 +248,9 @@ LAUNCHER_RELAUNCH_AFTER_SECONDS = env_int("LAUNCHER_RELAUNCH_AFTER_SECONDS", 5, 
 LAUNCHER_LOGS_TAIL_LINES = env_int("LAUNCHER_LOGS_TAIL_LINES", 200, minimum=0)
 # ...and at most this many bytes of it: every tail kept or served (saved, API, download, live frames).
 LAUNCHER_LOGS_TAIL_BYTES = env_int("LAUNCHER_LOGS_TAIL_BYTES", 256 * 1024, minimum=4096, maximum=16 * 1024 * 1024)
+# The whole output of a job is kept when it ends (jobs.services.job_logs), at most this many bytes: a longer
+# output keeps its start and its end, with a line marking the cut. 0 = keep only the tail. Pruned with the job's events.
+LAUNCHER_LOGS_KEEP_BYTES = env_int("LAUNCHER_LOGS_KEEP_BYTES", 8 * 1024 * 1024, minimum=0, maximum=256 * 1024 * 1024)
 # The longest the server holds a long poll (GET /api/v1/jobs/{id}/wait/?timeout=S, S <= 60): a longer
 # S is answered when this runs out, with the job as it is then (clients poll again).
 LAUNCHER_WAIT_HOLD_SECONDS = env_int("LAUNCHER_WAIT_HOLD_SECONDS", 60, minimum=1, maximum=60)
@@ -271,6 +274,8 @@ LAUNCHER_WS_RESUME_MAX_EVENTS = env_int("LAUNCHER_WS_RESUME_MAX_EVENTS", 1000, m
 LAUNCHER_WATCHER_LANES = env_int("LAUNCHER_WATCHER_LANES", 4, minimum=1, maximum=32)
 # Running jobs whose new output lines a watcher process forwards to open job pages (0: none).
 LAUNCHER_LOG_FOLLOWERS = env_int("LAUNCHER_LOG_FOLLOWERS", 20, minimum=0)
+# Seconds between resource samples (CPU, memory) of each followed running job (0: off).
+LAUNCHER_RESOURCE_SAMPLE_SECONDS = env_int("LAUNCHER_RESOURCE_SAMPLE_SECONDS", 10, minimum=0)
 # Seconds an unacknowledged Celery task (a worker killed mid-launch) waits before redelivery.
 # Must exceed the longest launch/terminate (image pulls included) and the longest retry countdown.
 LAUNCHER_TASK_VISIBILITY_SECONDS = env_int("LAUNCHER_TASK_VISIBILITY_SECONDS", 300, minimum=2)

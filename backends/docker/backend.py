@@ -220,6 +220,12 @@ class DockerBackend(Backend):
             except NotFound:
                 return ""
 
+    def usage(self, handle: Handle) -> dict[str, Any] | None:
+        """Cumulative CPU seconds and memory of a running container (backends/docker/stats.py)."""
+        from backends.docker.stats import container_usage
+
+        return container_usage(self.api, handle.ref)
+
     @staticmethod
     def _read_logs(container: Any, tail: int) -> str:
         """The last `tail` lines (at most LOGS_MAX_LINES), byte-capped (backends.logtail). Not

@@ -55,7 +55,7 @@ def observation_from_container(
         return Observation(**common, state=JobState.STARTING, message=f"unknown Docker status {status!r}")
     code = int(ReturnCode.ABORTED) if terminated else return_code_for_exit(exit_code)
     reason = "OOMKilled" if oom else ("terminated" if terminated else "")
-    message = error or f"exited with code {exit_code}" + (" (out of memory)" if oom else "")
+    message = error or (oom_message(exit_code) if oom else f"exited with code {exit_code}")
     return Observation(**common, state=state_for_return_code(code), exit_code=exit_code, return_code=code,
                        reason=reason, message=message, at=at, logs_tail=logs_tail)
 
@@ -73,6 +73,11 @@ def observation_from_summary(summary: Mapping[str, Any]) -> Observation | None:
     if status in STARTING_STATUSES:
         return Observation(**common, state=JobState.STARTING, message=status, at=summary.get("Created"))
     return Observation(**common, state=JobState.STARTING, message=f"Docker status {status!r}")
+
+
+def oom_message(exit_code: Any) -> str:
+    return (f"out of memory: the kernel killed the job for exceeding the container's memory limit "
+            f"(exit code {exit_code}); raise the job's memory resource or use less")
 
 
 STREAM_ACTIONS = ("create", "start", "die", "oom", "destroy")
@@ -113,5 +118,6 @@ def observation_from_event(
         code = int(ReturnCode.ABORTED) if terminated else return_code_for_exit(exit_code)
         reason = "OOMKilled" if oom else ("terminated" if terminated else "")
         return Observation(**common, state=state_for_return_code(code), exit_code=exit_code, return_code=code,
-                           reason=reason, message=f"exited with code {exit_code}", logs_tail=logs_tail)
+                           reason=reason, message=oom_message(exit_code) if oom else f"exited with code {exit_code}",
+                           logs_tail=logs_tail)
     return None

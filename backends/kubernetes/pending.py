@@ -178,6 +178,8 @@ def pod_observation(pod: Mapping[str, Any]) -> Observation:
         code = exit_code if exit_code in (101, 102, 103) else ReturnCode.ABORTED
         reason = terminated.get("reason") or status.get("reason") or "Failed"
         message = terminated.get("message") or status.get("message") or f"main container exited with {exit_code}"
+        if reason == "OOMKilled":  # its own reason, said plainly: the pod's memory limit was exceeded
+            message = f"out of memory: the main container exceeded its memory limit (exit code {exit_code})"
         return Observation(ref=name, job_pk=job_pk, state=JobState.FAILED, exit_code=exit_code,
                            return_code=int(code), reason=reason, message=message)
     if phase == "Running":

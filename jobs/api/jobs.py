@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import transaction
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
     OpenApiParameter,
@@ -43,6 +44,7 @@ from jobs.api.serializers import (
 )
 from jobs.models import JobEvent
 from jobs.payloads import job_payload
+from jobs.services import job_logs
 from jobs.services.audit import actor_label
 from jobs.services.cancellation import job_request_terminate
 from jobs.services.sites import site_backend
@@ -72,6 +74,9 @@ class LogsQuery(serializers.Serializer):
     tail = StrictIntegerQueryField(required=False, min_value=1, max_value=LOGS_MAX_TAIL, help_text=(
         f"Lines, 1-{LOGS_MAX_TAIL} (default LAUNCHER_LOGS_TAIL_LINES); the answer is at most "
         "LAUNCHER_LOGS_TAIL_BYTES either way."))
+    full = serializers.BooleanField(required=False, default=False, help_text=(
+        "1: the whole output as a text/plain attachment (at most LAUNCHER_LOGS_KEEP_BYTES: a longer "
+        "output keeps its start and its end)."))
 
 
 class JobListPagination(JobCursorPagination):
@@ -160,13 +165,19 @@ class JobViewSet(ApiMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
         page = self.paginate_queryset(events)
         return self.get_paginated_response(JobEventSerializer(page, many=True).data)
 
-    @extend_schema(parameters=[JOB_PK, LogsQuery], responses={200: JobLogsSerializer, **BACKEND_ERRORS})
+    @extend_schema(parameters=[JOB_PK, LogsQuery], responses={
+        (200, "application/json"): JobLogsSerializer,
+        (200, "text/plain"): OpenApiResponse(OpenApiTypes.STR, description="full=1: the whole output, an attachment."),
+        **BACKEND_ERRORS})
     @action(detail=True, methods=["get"], filterset_class=None, filter_backends=[])
     def logs(self, request, pk=None):
         """The last `tail` lines of output (at most LAUNCHER_LOGS_TAIL_BYTES): the saved tail once the
         job ended, else live from the backend."""
         job = access.job_for(request, pk)
-        tail = query(LogsQuery, request).get("tail") or min(settings.LAUNCHER_LOGS_TAIL_LINES or 200, LOGS_MAX_TAIL)
+        params = query(LogsQuery, request)
+        if params.get("full"):
+            return job_logs.download_response(job)
+        tail = params.get("tail") or min(settings.LAUNCHER_LOGS_TAIL_LINES or 200, LOGS_MAX_TAIL)
         if job.is_terminal or not job.handle:
             text, source = job.logs_tail, ("saved" if job.logs_tail else "none")
         else:

@@ -100,6 +100,21 @@ class JobProgressSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField(allow_null=True)
 
 
+class JobUsageSerializer(serializers.Serializer):
+    """The latest resource sample of a running job (every LAUNCHER_RESOURCE_SAMPLE_SECONDS) and what
+    it requested; null before the first sample. Kubernetes: requests and limits only."""
+
+    available = serializers.BooleanField(help_text="False when the backend has no usage metrics (Kubernetes).")
+    cpu_cores = serializers.FloatField(allow_null=True, help_text="CPU cores used since the previous sample.")
+    memory_bytes = serializers.IntegerField(allow_null=True, help_text="Memory in use (RSS; page cache excluded).")
+    memory_limit_bytes = serializers.IntegerField(allow_null=True)
+    cpu_limit_cores = serializers.FloatField(allow_null=True)
+    gpus_requested = serializers.IntegerField(allow_null=True)
+    sampled_at = serializers.DateTimeField(allow_null=True)
+    cost_ms = serializers.FloatField(allow_null=True, help_text="How long the sample took to read.")
+    note = serializers.CharField(allow_null=True, allow_blank=True)
+
+
 # The job payload (jobs.payloads) as the schema declares it: the fields are declared here, for
 # drf-spectacular; the output is job_payload's, which every other reader of a job gets too (websocket
 # pushes, the long poll, resume). (Comments, not docstrings: a docstring is the schema's description.)
@@ -107,6 +122,7 @@ class JobSerializer(serializers.ModelSerializer):
     site = serializers.SlugRelatedField(slug_field="name", read_only=True)
     url = serializers.SerializerMethodField()
     progress = JobProgressSerializer(read_only=True, allow_null=True)
+    usage = JobUsageSerializer(read_only=True, allow_null=True)
 
     class Meta:
         model = Job

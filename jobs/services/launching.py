@@ -19,6 +19,7 @@ from django.db import connection, transaction
 
 from backends.base import BackendError, Handle, InvalidJobSpec, JobState, Observation, ReturnCode
 from jobs.models import Job
+from jobs.services.job_logs import job_log_save
 from jobs.services.lifecycle import job_note, job_observe, verdict
 from jobs.services.requests import request_to_launch
 from jobs.services.sites import site_backend
@@ -136,10 +137,7 @@ class _Finisher:
         self.thread: threading.Thread | None = None
 
     def finish(self, backend, handle: Handle, job_pk: int, save_tail: bool) -> None:
-        if save_tail:
-            self._put(self.TAIL, self._save_tail, backend, handle, job_pk)
-        else:
-            self._put(self.REMOVE, self._remove, backend, handle)
+        self._put(self.TAIL, self._save_tail, backend, handle, job_pk, save_tail)  # the whole output, always
 
     def _put(self, priority: int, function, *args) -> None:
         self.queue.put((priority, next(self.order), function, args))
@@ -156,9 +154,11 @@ class _Finisher:
             except Exception:
                 log.exception("finishing a workload failed; reconcile will retry")
 
-    def _save_tail(self, backend, handle: Handle, job_pk: int) -> None:
+    def _save_tail(self, backend, handle: Handle, job_pk: int, save_tail: bool = True) -> None:
         try:
-            job_note(job_pk, source="worker", logs_tail=backend.logs(handle, tail=settings.LAUNCHER_LOGS_TAIL_LINES))
+            if save_tail:
+                job_note(job_pk, source="worker", logs_tail=backend.logs(handle, tail=settings.LAUNCHER_LOGS_TAIL_LINES))
+            job_log_save(job_pk, backend, handle)  # the whole output (jobs.services.job_logs), byte-bounded
         except Exception:  # removing it anyway would lose the output: reconcile saves the tail, then removes
             log.warning("could not save the logs tail of %s; reconcile will retry", handle.ref, exc_info=True)
             return

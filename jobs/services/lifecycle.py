@@ -23,6 +23,7 @@ from backends.base import Handle, JobState, LaunchSpec, Observation, ReturnCode
 from backends.logtail import cap_tail
 from jobs import events
 from jobs.models import EventSource, Job, JobEvent, Site
+from jobs.services.notifications import job_state_notify
 from jobs.services.progress import job_progress_from_tail
 
 # Forward-only: a job may only move to a state of higher rank. All terminal states share the top
@@ -154,12 +155,14 @@ def job_observe(
         job.save()
         event = JobEvent.objects.create(job=job, from_state=current, to_state=new, message=message, source=source)
         _publish_after_commit(job, event)
+        job_state_notify(job, new)  # webhooks for failed/launch_failed/lost, queued after commit
         return job, True
 
 
 def job_note(
     job: Job | int, *, source: str, message: str = "", logs_tail: str | None = None,
     terminate_requested: bool = False, progress: dict | None = None, reason: str = "",
+    usage: dict | None = None,
 ) -> tuple[Job, bool]:
     """Record what is not a state change; returns (job, changed).
 
@@ -171,7 +174,9 @@ def job_note(
     progress (jobs.services.progress), stored when it differs and pushed as a job.update (no JobEvent);
     a stored tail updates it too. `reason` (with `message`): why a job still queued or starting
     waits (engine unreachable, a pending reason); kept as its reason and detail, so that the API
-    and the FL server read it too, until the next state change.
+    and the FL server read it too, until the next state change. `usage`: the latest resource
+    sample of a running job (jobs.services.usage), stored and pushed like `progress`; ignored once
+    the job has ended (a sample taken just before the exit must not outlive it).
     """
     _check_source(source)
     logs_tail = _kept_tail(logs_tail)
@@ -191,6 +196,10 @@ def job_note(
         if progressed:
             job.progress = progress
             dirty = changed = True
+        sampled = usage is not None and not job.is_terminal and usage != job.usage
+        if sampled:
+            job.usage = usage
+            dirty = changed = True
         event, waiting = None, False
         if message:
             last = job.events.order_by("-id").first()
@@ -204,7 +213,7 @@ def job_note(
                 dirty = changed = True
         if dirty:
             job.save()
-        if event is not None or progressed or waiting:
+        if event is not None or progressed or waiting or sampled:
             _publish_after_commit(job, event)
         return job, changed
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from backends.base import BackendError, Handle, JobState
 from jobs.models import ACTIVE, Job, OrphanWorkload, Site
+from jobs.services.job_logs import job_log_save
 from jobs.services.launching import job_apply_observation
 from jobs.services.lifecycle import job_note, job_observe, verdict
 from jobs.services.sites import site_backend
@@ -94,6 +95,11 @@ def _settle_leftover(backend, job: Job, observation) -> None:
     handle = Handle(backend=backend.kind, ref=observation.ref)
     if observation.state.is_terminal and not job.logs_tail:  # its recorder died before saving the tail
         job_note(job, source="reconcile", logs_tail=observation.logs_tail)
+    if observation.state.is_terminal and not hasattr(job, "full_log"):  # nor the whole output (job_logs)
+        try:
+            job_log_save(job.pk, backend, handle)
+        except Exception:
+            log.warning("could not keep the output of leftover %s", observation.ref, exc_info=True)
     try:
         if not observation.state.is_terminal:
             backend.terminate(handle)

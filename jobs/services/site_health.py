@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from jobs.models import Site, SiteHealth, State
 from jobs.selectors import sites_visible_to
+from jobs.services.notifications import site_unhealthy_notify
 
 log = logging.getLogger(__name__)
 ERROR_REWRITE_SECONDS = 60  # the same watcher error is written again at most this often (reconnect loops)
@@ -49,6 +50,7 @@ def site_health_disconnected(*, site_pk: int, error: str) -> None:
     if row and row.watcher_connected_at is None and row.watcher_error == error and row.watcher_error_at \
             and now - row.watcher_error_at < timedelta(seconds=ERROR_REWRITE_SECONDS):
         return  # still down with the same error: a backoff loop must not write on every attempt
+    site_unhealthy_notify(site_pk=site_pk, row=row, error=error)  # only on the flip to unreachable
     SiteHealth.objects.update_or_create(site_id=site_pk, defaults={
         "watcher_connected_at": None, "watcher_error": error, "watcher_error_at": now})
 
@@ -61,6 +63,7 @@ def site_health_reconciled(*, site_pk: int, report=None, error: str = "") -> Non
         summary = f"checked {report.checked} job(s): {repaired}; {len(report.orphans)} orphan workload(s)"
     else:
         summary = f"failed: {error}"
+        site_unhealthy_notify(site_pk=site_pk, row=SiteHealth.objects.filter(site_id=site_pk).first(), error=error)
     SiteHealth.objects.update_or_create(site_id=site_pk, defaults={
         "reconciled_at": timezone.now(), "reconcile_ok": report is not None, "reconcile_summary": summary[:SUMMARY_MAX]})
 

@@ -32,23 +32,6 @@ SORTS = ("created", "name", "state", "duration")
 PAGE_FILTERS = ("state", "study", "q", "created_after", "created_before")
 
 
-def job_name(job: Job) -> str:
-    """job_meta.name when it is a non-empty string, else the NVFlare job id."""
-    name = (job.job_meta or {}).get("name") if isinstance(job.job_meta, dict) else None
-    return name.strip() if isinstance(name, str) and name.strip() else job.job_id
-
-
-def submitter_label(job: Job) -> str:
-    """Who submitted: the user's name, or "site token <name>" for the FL server's token."""
-    if job.submitted_by_id and job.submitted_by is not None:
-        return job.submitted_by.get_username()
-    token = job.submitted_by_token if job.submitted_by_token_id else None
-    if token is not None:
-        label = token.name or token.prefix
-        return f"site token {label}" if token.site_id else f"token {label}"
-    return ""
-
-
 def parse_sort(value: str | None) -> str:
     value = (value or "").strip()
     return value if value.lstrip("-") in SORTS else DEFAULT_SORT
@@ -103,9 +86,6 @@ def site_job_list(site, params) -> dict:
         result.update(page=page, prev_page=page - 1 if page > 1 else None,
                       next_page=page + 1 if len(rows) > PAGE_SIZE else None, first_page=False)
         rows = rows[:PAGE_SIZE]
-    for job in rows:
-        job.display_name = job_name(job)
-        job.submitter_label = submitter_label(job)
     result["jobs"] = rows
     return result
 

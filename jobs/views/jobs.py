@@ -56,7 +56,6 @@ def site_overview(request, site):
     if request.GET.get("row"):  # one row, for the live table to fill in a job it saw appear
         job = get_object_or_404(Job.objects.select_related("site", "submitted_by", "submitted_by_token"),
                                 site=site, pk=parse_int(request.GET["row"]) or 0)
-        job.display_name, job.submitter_label = job_list.job_name(job), job_list.submitter_label(job)
         return render(request, "jobs/includes/job_row.html", {
             "job": job, "selectable": selectors.user_may(request.user, site, "operator")})
     seq = selectors.last_event_seq()  # before the rows: the websocket resumes from here, missing nothing
@@ -100,8 +99,6 @@ def _terminate_selected(request, site):
     back = back if back.startswith("?") and back.isprintable() and len(back) < 1000 else ""  # our own query
     cancel = reverse("site-overview", kwargs={"site": site.name}) + back
     running = [job for job in jobs if not job.is_terminal]
-    for job in running:
-        job.display_name = job_list.job_name(job)
     if not running:
         messages.error(request, "Select at least one job that has not ended.")
         return redirect(cancel)
@@ -143,7 +140,15 @@ def job_detail(request, pk):
         "spec": json.dumps(job.spec, indent=2, sort_keys=True) if job.spec else "",
         "may_terminate": selectors.user_may(request.user, job.site, "operator") and not job.is_terminal,
         "return_codes": RETURN_CODES, "probe": probe_report(job),
+        **_usage_and_relaunch(request.user, job),
     }, site=job.site, section="overview")
+
+
+def _usage_and_relaunch(user, job) -> dict:
+    from jobs.services.usage import usage_text
+    from jobs.views.relaunch import relaunch_context
+
+    return {"usage_text": usage_text(job.usage), **relaunch_context(user, job)}
 
 
 @login_required

@@ -24,6 +24,28 @@ document.addEventListener("DOMContentLoaded", function () {
     progressEl.title = progress && progress.last_aggregation_at ? "last aggregation " + L.fmtUtc(progress.last_aggregation_at) + " UTC" : "";
   }
   showProgress();
+  // Resource use (jobs.services.usage_text says the same server-side).
+  function size(b) {
+    const units = [["GiB", 1073741824], ["MiB", 1048576], ["KiB", 1024]];
+    for (let i = 0; i < units.length; i++) if (b >= units[i][1]) return String(Math.round(b / units[i][1] * 10) / 10) + " " + units[i][0];
+    return b + " B";
+  }
+  function showUsage(u) {
+    const el = document.getElementById("job-usage");
+    if (!el || !u) return;
+    const parts = [];
+    if (u.available) {
+      if (u.cpu_cores !== null && u.cpu_cores !== undefined) parts.push("CPU " + (Math.round(u.cpu_cores * 100) / 100) + " cores");
+      if (u.memory_bytes !== null && u.memory_bytes !== undefined) parts.push("memory " + size(u.memory_bytes) + (u.memory_limit_bytes ? " of " + size(u.memory_limit_bytes) : ""));
+    } else {
+      parts.push("usage not available");
+      if (u.cpu_limit_cores) parts.push("CPU limit " + u.cpu_limit_cores + " cores");
+      if (u.memory_limit_bytes) parts.push("memory limit " + size(u.memory_limit_bytes));
+    }
+    parts.push("GPUs requested: " + (u.gpus_requested || 0));
+    el.textContent = parts.join(" · ");
+    el.title = u.sampled_at ? "sampled " + L.fmtUtc(u.sampled_at) + " UTC" : "";
+  }
   timeline.querySelectorAll("li[data-seq]").forEach(function (li) { lastTimeline = Math.max(lastTimeline, Number(li.dataset.seq)); });
 
   // Terminate: a <dialog> instead of the confirmation page.
@@ -35,16 +57,124 @@ document.addEventListener("DOMContentLoaded", function () {
   }
 
   function scrollLogs() { if (follow.checked) logs.scrollTop = logs.scrollHeight; }
-  scrollLogs();
+
+  // The log viewer: one element per line (numbered by CSS from data-n), a class per NVFlare level
+  // (" - ERROR - ") and for tracebacks, an in-page search (highlight, count, filter) and wrap.
+  const search = document.getElementById("log-search");
+  const only = document.getElementById("log-only");
+  const count = document.getElementById("log-count");
+  const wrap = document.getElementById("log-wrap");
+  const fullButton = document.getElementById("log-full");
+  const LIVE_MAX = 10000;  // lines kept while following; the full log is shown whole
+  const LEVEL = / - (DEBUG|INFO|WARNING|ERROR|CRITICAL) - /;
+  let lineNo = 0;
+  let inTrace = false;
+  let query = "";
+
+  function levelOf(text) {
+    const m = LEVEL.exec(text);
+    if (m) { inTrace = false; return m[1].toLowerCase(); }
+    if (text.indexOf("Traceback (most recent call last)") === 0) { inTrace = true; return "trace"; }
+    if (inTrace && /^\s/.test(text)) return "trace";
+    inTrace = false;
+    return /^[A-Za-z_][\w.]*(Error|Exception)\b/.test(text) ? "error" : "";
+  }
+
+  function mark(el) {  // highlight the query in one line; text only, never HTML
+    const text = el.dataset.text;
+    const hit = query !== "" && text.toLowerCase().indexOf(query) >= 0;
+    if (hit) {
+      const parts = [];
+      const lower = text.toLowerCase();
+      let at = 0;
+      let i;
+      while ((i = lower.indexOf(query, at)) >= 0) {
+        if (i > at) parts.push(document.createTextNode(text.slice(at, i)));
+        const m = document.createElement("mark");
+        m.textContent = text.slice(i, i + query.length);
+        parts.push(m);
+        at = i + query.length;
+      }
+      if (at < text.length) parts.push(document.createTextNode(text.slice(at)));
+      el.replaceChildren.apply(el, parts);
+    } else if (el.classList.contains("hit")) {
+      el.textContent = text;
+    }
+    el.classList.toggle("hit", hit);
+    el.hidden = only.checked && query !== "" && !hit;
+    return hit;
+  }
+
+  function lineEl(text) {
+    const el = document.createElement("span");
+    lineNo += 1;
+    el.className = "ll";
+    const level = levelOf(text);
+    if (level) el.classList.add("lvl-" + level);
+    el.dataset.n = String(lineNo);
+    el.dataset.text = text;
+    el.textContent = text;
+    if (query) mark(el);
+    return el;
+  }
+
+  function showCount() {
+    if (!query) { count.textContent = ""; return; }
+    const n = logs.querySelectorAll(".ll.hit").length;
+    count.textContent = n + " matching line" + (n === 1 ? "" : "s");
+  }
+
+  function setLines(text) {
+    lineNo = 0;
+    inTrace = false;
+    const body = text.endsWith("\n") ? text.slice(0, -1) : text;
+    const frag = document.createDocumentFragment();
+    if (body) body.split("\n").forEach(function (line) { frag.appendChild(lineEl(line)); });
+    logs.replaceChildren(frag);
+    showCount();
+    scrollLogs();
+  }
 
   function appendLines(lines) {
     if (!lines.length) return;
-    const text = logs.textContent;
-    const prefix = text && !text.endsWith("\n") ? "\n" : "";
-    logs.appendChild(document.createTextNode(prefix + lines.join("\n") + "\n"));
-    while (logs.childNodes.length > 2000) logs.removeChild(logs.firstChild);
+    const frag = document.createDocumentFragment();
+    lines.forEach(function (line) { frag.appendChild(lineEl(line)); });
+    logs.appendChild(frag);
+    while (logs.childElementCount > LIVE_MAX) logs.removeChild(logs.firstElementChild);
+    showCount();
     scrollLogs();
   }
+
+  let searchTimer = null;
+  function applySearch() {
+    query = search.value.trim().toLowerCase();
+    logs.querySelectorAll(".ll").forEach(mark);
+    showCount();
+  }
+  search.addEventListener("input", function () { clearTimeout(searchTimer); searchTimer = setTimeout(applySearch, 120); });
+  search.addEventListener("keydown", function (event) {
+    if (event.key !== "Enter") return;
+    event.preventDefault();
+    applySearch();
+    const first = logs.querySelector(".ll.hit");
+    if (first) { follow.checked = false; first.scrollIntoView({ block: "center" }); }
+  });
+  only.addEventListener("change", applySearch);
+  function applyWrap() { logs.classList.toggle("nowrap", !wrap.checked); }
+  wrap.addEventListener("change", applyWrap);
+  applyWrap();
+  fullButton.addEventListener("click", function () {
+    fullButton.disabled = true;
+    fetch(fullButton.dataset.url, { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (text) {
+        fullButton.disabled = false;
+        if (text === null) return;
+        setLines(text);
+        document.getElementById("logs-note").textContent = "The whole output of the job (" + lineNo + " lines).";
+      }).catch(function () { fullButton.disabled = false; });
+  });
+  setLines(logs.textContent);
 
   pause.addEventListener("click", function () {
     paused = !paused;
@@ -64,6 +194,7 @@ document.addEventListener("DOMContentLoaded", function () {
     const wasTerminal = TERMINAL.indexOf(root.dataset.state) >= 0;
     progress = job.progress || null;
     showProgress();
+    showUsage(job.usage);
     // States only move forward: a progress push built before the exit may arrive after it.
     if (wasTerminal && TERMINAL.indexOf(job.state) < 0) return;
     root.dataset.state = job.state;
@@ -155,7 +286,7 @@ document.addEventListener("DOMContentLoaded", function () {
       .then(function (r) { return r.ok ? r.text() : null; })
       .then(function (text) {
         if (text === null) return;
-        if (text) logs.textContent = text.endsWith("\n") ? text : text + "\n";
+        if (text) setLines(text);
         document.getElementById("logs-note").textContent = "Saved tail of the finished job.";
         scrollLogs();
       }).catch(function () {});
