@@ -68,6 +68,10 @@ class StrictDateField(forms.DateField):
             raise ValidationError("Enter a date as YYYY-MM-DD.", code="invalid") from None
 
 
+# An empty value means "no filter", as for the other query filters (a dashboard form sends its empty
+# date fields); the schema says so instead of `format: date`, which an empty string would violate.
+@extend_schema_field({"type": "string", "pattern": optional(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"), "maxLength": 10,
+                      "example": "2026-12-01"})
 class DateFilter(django_filters.DateFilter):
     field_class = StrictDateField
 

@@ -45,7 +45,10 @@ def launch(page, job_id: str, *, set_options: str, study: str = "") -> None:
 
 def test_login_shows_who_and_which_site_and_works_on_a_phone(new_page):
     page = new_page(user="alice")
-    expect(page).to_have_url(re.compile(r"/sites/site-a/$"))
+    expect(page).to_have_url(re.compile(r"/$"))  # the all-sites home page: her sites and their health
+    home = page.locator("main").inner_text()
+    assert all(name in home for name in ("site-a", "site-c", "site-d")) and "site-b" not in home
+    page.goto("/sites/site-a/")
     expect(page.locator(".who")).to_contain_text("Signed in as alice")
     expect(page.locator(".who")).to_contain_text("admin of site-a")
     switcher = page.get_by_label("Site", exact=True)
@@ -61,6 +64,7 @@ def test_login_shows_who_and_which_site_and_works_on_a_phone(new_page):
     expect(page.locator(".who")).to_contain_text("viewer of site-c")
     shot(page, "overview-desktop")
     phone = new_page(user="alice", viewport=(390, 844))
+    phone.goto("/sites/site-a/")
     expect(phone.locator("#live")).to_have_text("live")
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390 + 1  # nothing forces sideways scrolling
     shot(phone, "overview-phone")

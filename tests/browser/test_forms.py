@@ -50,6 +50,8 @@ def test_confirmations_for_rename_token_revoke_and_delete(new_page):
     page.goto("/sites/new/")
     page.get_by_label("Site name").fill("site-forms")
     page.get_by_label("Backend").select_option("process")
+    # The tests run as root, so the default workspace is root's: jobs may run as root only when staff say so.
+    page.locator("#id_process__allow_root").check()
     page.get_by_role("button", name="Create site").click()
     expect(page).to_have_url("/sites/site-forms/settings/")
 
