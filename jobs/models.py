@@ -335,11 +335,17 @@ class Webhook(models.Model):
     it makes the launcher send requests from inside the site's network (docs/security.md)."""
 
     site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="webhooks")
-    url = models.URLField(max_length=500)
+    url = models.URLField(max_length=500, blank=True)  # empty for an email recipient
+    email = models.EmailField(max_length=254, blank=True)  # set: the notifications go by email (LAUNCHER_EMAIL_HOST)
     events = models.JSONField(default=list)  # a subset of jobs.services.notifications.EVENTS
     active = models.BooleanField(default=True)
     secret = models.CharField(max_length=100)  # the HMAC-SHA256 key of the signature header
     created_at = models.DateTimeField(auto_now_add=True)
+
+    @property
+    def target(self) -> str:
+        """Where it goes, as shown on the Notifications page."""
+        return f"mailto:{self.email}" if self.email else self.url
 
 
 class WebhookDelivery(models.Model):

@@ -141,4 +141,4 @@ def webhook_deliver_task(self, webhook_pk: int, event: str, payload: dict) -> No
     retries = self.request.retries
     if webhook_deliver(webhook_pk=webhook_pk, event=event, payload=payload, attempt=retries + 1) \
             and retries < WEBHOOK_RETRIES:
-        raise self.retry(countdown=_countdown(retries, getattr(settings, "LAUNCHER_WEBHOOK_BACKOFF", 2)))
+        raise self.retry(countdown=_countdown(retries, settings.LAUNCHER_WEBHOOK_BACKOFF))

@@ -283,6 +283,13 @@ LAUNCHER_TASK_VISIBILITY_SECONDS = env_int("LAUNCHER_TASK_VISIBILITY_SECONDS", 3
 # BACKOFF, 2*BACKOFF, 4*BACKOFF... seconds (at most 60) in between; each failed attempt is a job note.
 LAUNCHER_LAUNCH_RETRIES = env_int("LAUNCHER_LAUNCH_RETRIES", 8, minimum=0, maximum=100)
 LAUNCHER_LAUNCH_RETRY_BACKOFF = env_int("LAUNCHER_LAUNCH_RETRY_BACKOFF", 2, minimum=1, maximum=60)
+# A webhook delivery that got no answer, a 5xx or a 429 is retried 3 times, after BACKOFF, 2*BACKOFF, 4*BACKOFF s.
+LAUNCHER_WEBHOOK_BACKOFF = env_int("LAUNCHER_WEBHOOK_BACKOFF", 2, minimum=1, maximum=60)
+# Email notifications are on only when LAUNCHER_EMAIL_HOST is set (plain SMTP, no login: a local relay).
+LAUNCHER_EMAIL_HOST = env_str("LAUNCHER_EMAIL_HOST")
+EMAIL_HOST = LAUNCHER_EMAIL_HOST or "localhost"
+EMAIL_PORT = env_int("LAUNCHER_EMAIL_PORT", 25, minimum=1, maximum=65535)
+DEFAULT_FROM_EMAIL = env_str("LAUNCHER_EMAIL_FROM", "flare-launcher@localhost")
 LAUNCHER_ADMIN_USER = env_str("LAUNCHER_ADMIN_USER", "admin")
 LAUNCHER_ADMIN_PASSWORD = env_str("LAUNCHER_ADMIN_PASSWORD")
 

@@ -286,7 +286,7 @@ class DockerBackend(Backend):
         else:
             try:
                 with self.api.errors("look up the network"):
-                    self.api.ensure_network(client)
+                    self.api.ensure_network(client, fresh=True)  # the backend is cached: never a remembered answer
                 results.append(CheckResult(name="network", ok=True, detail=f"{self.config.network} exists"))
             except BackendError as exc:
                 results.append(CheckResult(name="network", ok=False, detail=str(exc)))

@@ -55,12 +55,14 @@ class DockerApi:
             raise EngineUnreachable(f"cannot {action}: Docker daemon at {where} is unreachable "
                                     f"({connection_cause(exc)})") from exc
 
-    def ensure_network(self, client: docker.DockerClient) -> None:
-        if self._network_checked:
+    def ensure_network(self, client: docker.DockerClient, *, fresh: bool = False) -> None:
+        """fresh: ask the daemon even when an earlier call found it (a connection test reports now)."""
+        if self._network_checked and not fresh:
             return
         try:
             client.networks.get(self.config.network)
         except NotFound:
+            self._network_checked = False  # removed since: launches look again too
             raise BackendError(
                 f"Docker network {self.config.network!r} does not exist; create it with "
                 f"`docker network create {self.config.network}` (the launcher never creates it)"

@@ -10,6 +10,11 @@ refused). Redirects are never followed, each socket operation times out after SE
 most RESPONSE_CAP bytes of an answer are read. Bodies carry the job payload (no spec, no
 credentials) and an HMAC-SHA256 signature of the body under the webhook's secret.
 
+Email, if configured (LAUNCHER_EMAIL_HOST): a Webhook row with `email` set instead of `url` is an
+email recipient of the same events, set by staff too (the launcher would otherwise mail job details
+anywhere a site admin chose). It goes the same way: the same task, retries (no answer or an SMTP 4xx)
+and delivery history (status_code is the SMTP reply code), over plain SMTP with SEND_TIMEOUT.
+
 Delivery runs in Celery (jobs.tasks.webhook_deliver_task), enqueued after commit; each attempt is a
 WebhookDelivery row. No errors escape into the caller: a notification never breaks a job's record.
 """
@@ -23,11 +28,14 @@ import ipaddress
 import json
 import logging
 import secrets
+import smtplib
 import socket
 import ssl
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
 
@@ -121,6 +129,31 @@ def webhook_create(*, site: Site, url: str, events, actor) -> Webhook:
     return Webhook.objects.create(site=site, url=url, events=events, secret=secrets.token_urlsafe(32))
 
 
+def email_enabled() -> bool:
+    return bool(settings.LAUNCHER_EMAIL_HOST)
+
+
+def email_recipient_create(*, site: Site, email: str, events, actor) -> Webhook:
+    """Staff only, like a URL; refused (naming "email") while email is not configured."""
+    require_staff(actor, "set notification email addresses")
+    errors: dict[str, list[str]] = {}
+    email = (email or "").strip()
+    if not email_enabled():
+        errors["email"] = ["Email is not configured on this launcher (LAUNCHER_EMAIL_HOST)."]
+    else:
+        try:
+            validate_email(email)
+        except ValidationError:
+            errors["email"] = ["Enter one valid email address."]
+    try:
+        events = _events_check(events)
+    except ValidationError as exc:
+        errors.update(exc.message_dict)
+    if errors:
+        raise ValidationError(errors)
+    return Webhook.objects.create(site=site, email=email, events=events, secret=secrets.token_urlsafe(32))
+
+
 def webhook_delete(*, webhook: Webhook, actor) -> None:
     require_staff(actor, "remove webhooks")
     webhook.delete()
@@ -183,7 +216,10 @@ def webhook_deliver(*, webhook_pk: int, event: str, payload: dict, attempt: int 
     if webhook is None:
         return False
     delivery = webhook_send(webhook=webhook, event=event, payload=payload, attempt=attempt)
-    return delivery.status_code is None or delivery.status_code >= 500 or delivery.status_code == 429
+    code = delivery.status_code
+    if webhook.email:  # SMTP: 4xx is "try again later", 5xx is final
+        return bool(delivery.error) and not delivery.error.startswith("refused") and (code is None or code < 500)
+    return code is None or code >= 500 or code == 429
 
 
 def webhook_test(*, webhook: Webhook) -> WebhookDelivery:
@@ -194,6 +230,10 @@ def webhook_test(*, webhook: Webhook) -> WebhookDelivery:
 
 
 def webhook_send(*, webhook: Webhook, event: str, payload: dict, attempt: int) -> WebhookDelivery:
+    if webhook.email:
+        status, error = _mail(webhook.email, event, payload)
+        return WebhookDelivery.objects.create(webhook=webhook, event=event, status_code=status, error=error,
+                                              attempt=attempt)
     body = json.dumps(payload, sort_keys=True).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "flare-launcher-webhook",
                "X-Launcher-Event": event, SIGNATURE_HEADER: signature(webhook.secret, body)}
@@ -248,3 +288,39 @@ def _post(url: str, body: bytes, headers: dict) -> int:
         return response.status
     finally:
         conn.close()
+
+
+def _mail(address: str, event: str, payload: dict) -> tuple[int | None, str]:
+    """One SMTP send: (reply code, error). Always the SMTP backend, whatever EMAIL_BACKEND says (tests
+    set locmem there), so what is recorded is what the relay answered."""
+    from django.core.mail import EmailMessage, get_connection
+
+    if not email_enabled():
+        return None, "refused: email is not configured (LAUNCHER_EMAIL_HOST)"
+    job = payload.get("job") or {}
+    subject = f"[FLARE Launcher] {payload.get('site', '')}: {event}"  # site names are slugs: no header injection
+    lines = [f"Event: {event}", f"Site: {payload.get('site', '')}"]
+    if job:
+        lines += [f"Job: {job.get('job_id', '')} (#{job.get('id', '')})", f"State: {job.get('state', '')}",
+                  f"Reason: {job.get('reason', '')}", f"Detail: {job.get('detail', '')}"]
+    for key in ("problem", "message"):
+        if payload.get(key):
+            lines.append(str(payload[key]))
+    body = "\n".join(lines) + "\n\n" + json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    connection = get_connection("django.core.mail.backends.smtp.EmailBackend", host=settings.EMAIL_HOST,
+                                port=settings.EMAIL_PORT, username="", password="", use_tls=False, use_ssl=False,
+                                timeout=SEND_TIMEOUT, fail_silently=False)
+    try:
+        EmailMessage(subject, body, settings.DEFAULT_FROM_EMAIL, [address], connection=connection).send()
+    except smtplib.SMTPRecipientsRefused as exc:
+        code, message = next(iter(exc.recipients.values()), (None, b""))
+        return code, f"SMTP {code}: recipient refused: {_text(message)}"[:500]
+    except smtplib.SMTPResponseException as exc:
+        return exc.smtp_code, f"SMTP {exc.smtp_code}: {_text(exc.smtp_error)}"[:500]
+    except (OSError, smtplib.SMTPException, ValueError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"[:500]
+    return 250, ""
+
+
+def _text(message) -> str:
+    return message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)

@@ -1,7 +1,8 @@
 """The site Notifications page: the site's webhooks, their delivery history and a "Send test"
 button. Only platform staff add or remove a webhook (a URL makes the launcher send requests from
 inside the site's network: docs/security.md); site admins see the page, its secrets (to verify
-signatures) and may send a test. Viewers and operators get 403."""
+signatures) and may send a test. Email recipients of the same events (when LAUNCHER_EMAIL_HOST is
+set) follow the same rule: staff add and remove them. Viewers and operators get 403."""
 
 from __future__ import annotations
 
@@ -27,25 +28,32 @@ HISTORY = 50  # deliveries shown
 def site_webhooks(request, site):
     site = get_site(request, site, "admin")
     errors: dict[str, list[str]] = {}
+    by_email = "email" in request.POST
     if request.method == "POST":
         try:
-            hook = notifications.webhook_create(site=site, url=request.POST.get("url", ""),
-                                                events=request.POST.getlist("events"), actor=request.user)
+            if by_email:
+                hook = notifications.email_recipient_create(site=site, email=request.POST.get("email", ""),
+                                                            events=request.POST.getlist("events"), actor=request.user)
+            else:
+                hook = notifications.webhook_create(site=site, url=request.POST.get("url", ""),
+                                                    events=request.POST.getlist("events"), actor=request.user)
         except StaffOnly as exc:
             raise PermissionDenied(str(exc)) from None
         except ValidationError as exc:
             errors = exc.message_dict
         else:
             audit_request(request, "webhook.add", f"site:{site.name}/webhook:{hook.pk}",
-                          {"url": hook.url, "events": hook.events}, site=site)
-            messages.success(request, f"Webhook to {hook.url} added.")
+                          {"url": hook.url, "email": hook.email, "events": hook.events}, site=site)
+            messages.success(request, f"{'Email recipient' if by_email else 'Webhook to'} {hook.target} added.")
             return redirect("site-webhooks", site.name)
     return render_page(request, "jobs/webhooks.html", {
         "webhooks": Webhook.objects.filter(site=site).order_by("pk"),
         "deliveries": WebhookDelivery.objects.filter(webhook__site=site).select_related("webhook")[:HISTORY],
         "events": notifications.EVENTS, "may_manage": request.user.is_staff,
         "errors": errors, "posted_url": request.POST.get("url", "") if errors else "",
-        "posted_events": request.POST.getlist("events") if errors else [],
+        "posted_email": request.POST.get("email", "") if errors else "",
+        "posted_events": request.POST.getlist("events") if errors else [], "posted_by_email": by_email and errors,
+        "email_enabled": notifications.email_enabled(),
     }, site=site, section="webhooks", status=400 if errors else 200)
 
 
@@ -56,9 +64,10 @@ def webhook_test(request, site, pk):
     hook = get_object_or_404(Webhook, pk=pk, site=site)
     delivery = notifications.webhook_test(webhook=hook)
     if delivery.error:
-        messages.error(request, f"Test to {hook.url} failed: {delivery.error}")
+        messages.error(request, f"Test to {hook.target} failed: {delivery.error}")
     else:
-        messages.success(request, f"Test to {hook.url} delivered (HTTP {delivery.status_code}).")
+        how = "SMTP" if hook.email else "HTTP"
+        messages.success(request, f"Test to {hook.target} delivered ({how} {delivery.status_code}).")
     return redirect("site-webhooks", site.name)
 
 
@@ -71,11 +80,12 @@ def webhook_remove(request, site, pk):
     hook = get_object_or_404(Webhook, pk=pk, site=site)
     cancel = reverse("site-webhooks", args=[site.name])
     if not confirmed(request):
-        return confirm_page(request, title=f"Remove the webhook to {hook.url}?", consequences=[
+        return confirm_page(request, title=f"Remove the webhook to {hook.target}?", consequences=[
             "It receives no more notifications, and its delivery history is deleted with it.",
         ], button="Remove webhook", cancel=cancel, site=site, section="webhooks", refused=request.method == "POST")
-    url = hook.url
+    url = hook.target
     notifications.webhook_delete(webhook=hook, actor=request.user)
-    audit_request(request, "webhook.remove", f"site:{site.name}/webhook:{pk}", {"url": url}, site=site)
+    audit_request(request, "webhook.remove", f"site:{site.name}/webhook:{pk}", {"url": hook.url, "email": hook.email},
+                  site=site)
     messages.success(request, f"Webhook to {url} removed.")
     return redirect(cancel)
