@@ -120,8 +120,10 @@ class UsageFeed:
                 log.exception("could not record the usage of job %s", self.job_pk)
             finally:
                 # A follower thread must not keep a pooled connection between samples: 20 followers
-                # holding one each starve the watcher's lanes (LAUNCHER_DB_POOL_SIZE is 10).
-                connection.close()
+                # holding one each starve the watcher's lanes (LAUNCHER_DB_POOL_SIZE is 10). Never inside
+                # a caller's transaction (a test's), which closing would break.
+                if not connection.in_atomic_block:
+                    connection.close()
         return usage
 
     def sample(self) -> dict[str, Any] | None:
