@@ -145,6 +145,9 @@ class ProcessBackend(Backend):
             # O_EXCL makes the state file the launch lock: a second launch of the same job adopts.
             fd = os.open(state_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
+            # Another launch holds the lock: let its runner record a pid, or the lock age into
+            # abandoned (its launcher killed before starting the runner), before deciding to adopt.
+            _wait_for(lambda: self._runner_known(spec.name) or self._abandoned(spec.name), timeout=ABANDONED_AFTER + 1)
             if not self._abandoned(spec.name):
                 return handle
             os.unlink(state_path)  # its launcher died before starting the runner: launch for real
@@ -215,6 +218,10 @@ class ProcessBackend(Backend):
         return (not state.get("pid") and state.get("exit_code") is None
                 and time.time() - state.get("created_at", time.time()) > ABANDONED_AFTER
                 and not _alive(state.get("launcher_pid")))
+
+    def _runner_known(self, ref: str) -> bool:
+        state = self._read_state(ref) or {}
+        return bool(state.get("pid")) or state.get("exit_code") is not None
 
     def inspect(self, handle: Handle, *, terminate_requested: bool = False) -> Observation:
         observation = self._observe(handle.ref, self._read_state(handle.ref))
