@@ -28,7 +28,8 @@ def allow_replay(page) -> None:
     assert answer.ok, answer.text()
 
 
-def test_a_running_job_shows_its_round_live(new_page):
+def test_a_running_job_shows_its_round_live(server, new_page):
+    release = server["workspaces"] / f"release-{uuid.uuid4().hex[:8]}"  # the replay holds before round 3
     allow_replay(new_page(user="sam"))
     overview = new_page(user="alice")
     overview.goto("/sites/site-a/")
@@ -36,10 +37,11 @@ def test_a_running_job_shows_its_round_live(new_page):
     page = overview.context.new_page()
     job_id = f"fl-{uuid.uuid4().hex[:8]}"
     page.goto("/sites/site-a/launch/")
-    launch_replay(page, job_id)
+    launch_replay(page, job_id, release)
     progress = page.locator("#job-progress")
-    expect(progress).to_have_text(re.compile(r"^Round [12] of 3$"), timeout=20000)  # while it runs
+    expect(progress).to_have_text("Round 2 of 3", timeout=20000)  # while it runs
     expect(page.locator("#job-state")).to_have_text("running")
+    release.touch()
     expect(progress).to_have_text("Round 3 of 3", timeout=20000)
     row = overview.locator("#jobs tbody tr", has_text=job_id)
     expect(row.locator("[data-progress]")).to_have_text("round 3/3")
@@ -50,12 +52,13 @@ def test_a_running_job_shows_its_round_live(new_page):
     shot(page, "job-progress")
 
 
-def launch_replay(page, job_id: str) -> None:
+def launch_replay(page, job_id: str, release) -> None:
     # The launch form of tests/browser/test_dashboard.py, with the replay module and its options.
     page.get_by_label("NVFlare job id").fill(job_id)
     page.locator("summary", has_text="Advanced").click()
     page.get_by_label("Job module (exe_module)").fill(REPLAY)
-    page.get_by_label("--set options").fill("log=poc_sag_client_site1.log pace=0.1 linger=1")
+    page.get_by_label("--set options").fill(
+        f"log=poc_sag_client_site1.log pace=0.02 linger=1 hold={release} hold_line=50")
     page.get_by_role("button", name="Launch").click()
     page.wait_for_url(re.compile(r"/jobs/\d+/$"))
 
