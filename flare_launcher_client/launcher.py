@@ -82,9 +82,10 @@ class _JobHandle:
       token file recovers without a restart) and the wait goes on.
     """
 
-    def __init__(self, client: FlareLauncherClient, job: dict):
+    def __init__(self, client: FlareLauncherClient, job: dict, *, retry_max_seconds: float = WAIT_RETRY_MAX_SECONDS):
         super().__init__()
         self.client = client
+        self.retry_max_seconds = retry_max_seconds
         self.job = job
         self.job_pk = job["id"]
         self._failures = 0
@@ -145,7 +146,7 @@ class _JobHandle:
         except Exception as exc:  # noqa: BLE001 - a bug here must not end NVFlare's waiting thread
             self._failures += 1
             log.exception("waiting for job %s: %s; asking again", self.job_id, type(exc).__name__)
-        time.sleep(min(WAIT_RETRY_MAX_SECONDS, self.client.delay(self._failures)))
+        time.sleep(min(self.retry_max_seconds, self.client.delay(self._failures)))
 
     def _take(self, job: Any) -> None:
         if not isinstance(job, dict) or job.get("id") != self.job_pk or "state" not in job:

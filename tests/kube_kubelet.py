@@ -172,7 +172,8 @@ class Kubelet:
                         self.api.add_event(name, "FailedMount", f'MountVolume.SetUp failed for volume '
                                            f'"{mount["name"]}" : secret "{secret_name}" not found', ns=ns)
                         warned = True
-                    time.sleep(MOUNT_RETRY_SECONDS)
+                    with self.api.cond:  # woken by any change to the store, e.g. the Secret created
+                        self.api.cond.wait(MOUNT_RETRY_SECONDS)
                 _write_secret(target, secret, volume["secret"].get("items"))
             elif not ("emptyDir" in volume or "persistentVolumeClaim" in volume):
                 self.api.add_event(name, "FailedMount", f'volume "{mount["name"]}" is not supported here', ns=ns)

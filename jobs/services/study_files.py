@@ -26,6 +26,9 @@ from jobs.services import catalog
 from jobs.services.study_secrets import (
     LAUNCHER_MODE,
     StudyFileError,
+    known_keys_only,
+    mapping,
+    non_empty_string,
     parse_secret_env,
     parse_secret_mounts,
     parse_slurm,
@@ -193,41 +196,41 @@ def study_runtime_parse(text: str | bytes, *, backend: str | None = None) -> dic
 
 
 def study_runtime_validate(data: Any, *, backend: str | None = None) -> dict[str, dict[str, Any]]:
-    config = _mapping(data, "file content")
-    _known(config, ("format_version", "studies"), "top level")
+    config = mapping(data, "file content")
+    known_keys_only(config, ("format_version", "studies"), "top level")
     version = config.get("format_version")
     if type(version) is not int or version != FORMAT_VERSION:  # the string "2" is refused, as NVFlare
         raise StudyFileError(f"format_version must be {FORMAT_VERSION}, got {version!r}.")
     studies = config.get("studies")
-    studies = _mapping({} if studies is None else studies, "studies")
+    studies = mapping({} if studies is None else studies, "studies")
     return {_name(study, "study name"): _runtime_study(study, entry, backend) for study, entry in studies.items()}
 
 
 def _runtime_study(study: str, entry: Any, backend: str | None = None) -> dict[str, Any]:
     label = f"studies.{study}"
-    entry = _mapping(entry, label)
-    _known(entry, STUDY_KEYS_V2, label)
+    entry = mapping(entry, label)
+    known_keys_only(entry, STUDY_KEYS_V2, label)
     if "slurm" in entry:  # parsed with NVFlare's schema first, so a malformed block says what is wrong
         parse_slurm(study, entry["slurm"])
         refuse_slurm(study, backend)
     result: dict[str, Any] = {"image": "", "env": {}, "docker_kwargs": {}, "pod_template": None, "datasets": {}}
     if "container" in entry:
-        container = _mapping(entry["container"], f"{label}.container")
-        _known(container, ("image",), f"{label}.container")
-        result["image"] = _string(container.get("image"), f"{label}.container.image")
+        container = mapping(entry["container"], f"{label}.container")
+        known_keys_only(container, ("image",), f"{label}.container")
+        result["image"] = non_empty_string(container.get("image"), f"{label}.container.image")
     if "pod_template" in entry:
         template = entry["pod_template"]
         if isinstance(template, str):
             raise StudyFileError(f"{label}.pod_template must be an inline mapping here; a file path under local/ "
                                  "cannot be uploaded (paste the Pod manifest instead).")
-        template = _mapping(template, f"{label}.pod_template")
+        template = mapping(template, f"{label}.pod_template")
         if template.get("kind") and template.get("kind") != "Pod":
             raise StudyFileError(f"{label}.pod_template must define kind: Pod.")
         result["pod_template"] = template
     if "docker_kwargs" in entry:
-        result["docker_kwargs"] = dict(_mapping(entry["docker_kwargs"], f"{label}.docker_kwargs"))
+        result["docker_kwargs"] = dict(mapping(entry["docker_kwargs"], f"{label}.docker_kwargs"))
     if "datasets" in entry:
-        datasets = _mapping(entry["datasets"], f"{label}.datasets")
+        datasets = mapping(entry["datasets"], f"{label}.datasets")
         result["datasets"] = {_name(name, f"{label}.datasets.{name} dataset name"): _runtime_dataset(study, name, value)
                               for name, value in datasets.items()}
     if "env" in entry:
@@ -245,14 +248,14 @@ def _runtime_study(study: str, entry: Any, backend: str | None = None) -> dict[s
 
 def _runtime_dataset(study: str, dataset: str, entry: Any) -> dict[str, str]:
     label = f"studies.{study}.datasets.{dataset}"
-    entry = _mapping(entry, label)
+    entry = mapping(entry, label)
     kind = entry.get("type", "mount")
     if kind in RESERVED_DATASET_TYPES:
         raise StudyFileError(f"{label} type '{kind}' is not yet supported.")
     if kind != "mount":
         raise StudyFileError(f"{label} has unknown type {kind!r}; allowed: 'mount'.")
-    _known(entry, DATASET_KEYS_V2, label)
-    source = _string(entry.get("source"), f"{label}.source")
+    known_keys_only(entry, DATASET_KEYS_V2, label)
+    source = non_empty_string(entry.get("source"), f"{label}.source")
     mode = entry.get("mode")
     if mode not in MODES:
         raise StudyFileError(f"{label}.mode must be 'ro' or 'rw'.")
@@ -260,10 +263,10 @@ def _runtime_dataset(study: str, dataset: str, entry: Any) -> dict[str, str]:
 
 
 def _runtime_env(study: str, entry: Any) -> dict[str, str]:
-    entry = _mapping(entry, f"studies.{study}.env")
+    entry = mapping(entry, f"studies.{study}.env")
     env = {}
     for name, value in entry.items():
-        _string(name, f"studies.{study}.env variable name")
+        non_empty_string(name, f"studies.{study}.env variable name")
         if name in catalog.LAUNCHER_OWNED_ENV:
             raise StudyFileError(f"studies.{study}.env.{name} is launcher-owned and cannot be set in study config.")
         if isinstance(value, (dict, list)) or value is None:
@@ -275,27 +278,9 @@ def _runtime_env(study: str, entry: Any) -> dict[str, str]:
     return env
 
 
-def _mapping(value: Any, label: str) -> dict:
-    if not isinstance(value, dict):
-        raise StudyFileError(f"{label} must be a mapping.")
-    return value
-
-
-def _known(entry: dict, known: tuple[str, ...], label: str) -> None:
-    unknown = set(entry) - set(known)
-    if unknown:
-        raise StudyFileError(f"{label} has unknown key(s) {sorted(map(str, unknown))}; allowed: {sorted(known)}.")
-
-
 def _name(value: Any, label: str) -> str:
     if not isinstance(value, str) or not NAME_RE.match(value):
         raise StudyFileError(f"{label} {value!r} is not a valid name.")
-    return value
-
-
-def _string(value: Any, label: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise StudyFileError(f"{label} must be a non-empty string.")
     return value
 
 

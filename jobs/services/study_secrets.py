@@ -36,17 +36,17 @@ def parse_secret_env(study: str, entry: Any, env: dict[str, str]) -> dict[str, d
     """NAME: {source, key}, both non-empty strings (Docker and Kubernetes); NAME not launcher-owned
     and not also in the study's plain `env`."""
     label = f"studies.{study}.secret_env"
-    entry = _mapping(entry, label)
+    entry = mapping(entry, label)
     refs = {}
     for name, ref in entry.items():
         item = f"{label}.{name}"
-        _string(name, f"{item} variable name")
+        non_empty_string(name, f"{item} variable name")
         if name in LAUNCHER_OWNED_ENV:
             raise StudyFileError(f"{item} variable name {name!r} is launcher-owned and cannot be set in study config.")
-        ref = _mapping(ref, item)
-        _known(ref, SECRET_ENV_KEYS, item)
-        refs[name] = {"source": _string(ref.get("source"), f"{item}.source"),
-                      "key": _string(ref.get("key"), f"{item}.key")}
+        ref = mapping(ref, item)
+        known_keys_only(ref, SECRET_ENV_KEYS, item)
+        refs[name] = {"source": non_empty_string(ref.get("source"), f"{item}.source"),
+                      "key": non_empty_string(ref.get("key"), f"{item}.key")}
     duplicated = sorted(set(env) & set(refs))
     if duplicated:
         raise StudyFileError(f"studies.{study} defines {duplicated} in both env and secret_env.")
@@ -57,17 +57,17 @@ def parse_secret_mounts(study: str, entry: Any, mode: str | None = None) -> dict
     """name: {source, mount_path, mode (only 'ro'), items (Kubernetes only)}. `mode` is NVFlare's
     launcher mode of the site ("docker", "k8s", "process"); None: no mode-dependent check."""
     label = f"studies.{study}.secret_mounts"
-    entry = _mapping(entry, label)
+    entry = mapping(entry, label)
     mounts = {}
     for name, mount in entry.items():
         item = f"{label}.{name}"
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise StudyFileError(f"{item} mount name {name!r} is not a valid name.")
-        mount = _mapping(mount, item)
-        _known(mount, SECRET_MOUNT_KEYS, item)
+        mount = mapping(mount, item)
+        known_keys_only(mount, SECRET_MOUNT_KEYS, item)
         if mount.get("mode", "ro") != "ro":
             raise StudyFileError(f"{item}.mode must be 'ro'; secret mounts are always read-only.")
-        mount_path = _string(mount.get("mount_path"), f"{item}.mount_path")
+        mount_path = non_empty_string(mount.get("mount_path"), f"{item}.mount_path")
         if not posixpath.isabs(mount_path):
             raise StudyFileError(f"{item}.mount_path must be an absolute path.")
         parsed: dict[str, Any] = {"source": "", "mount_path": mount_path, "mode": "ro"}
@@ -76,12 +76,12 @@ def parse_secret_mounts(study: str, entry: Any, mode: str | None = None) -> dict
             if mode is not None and mode != "k8s":
                 raise StudyFileError(f"{item}.items is Kubernetes-only and is not supported by this launcher; "
                                      "point source at a directory containing only the intended files.")
-            items = _mapping(items, f"{item}.items")
+            items = mapping(items, f"{item}.items")
             if not items:
                 raise StudyFileError(f"{item}.items must not be empty; omit it for full projection.")
-            parsed["items"] = {_string(key, f"{item}.items key"): _string(path, f"{item}.items.{key}")
+            parsed["items"] = {non_empty_string(key, f"{item}.items key"): non_empty_string(path, f"{item}.items.{key}")
                                for key, path in items.items()}
-        parsed["source"] = _string(mount.get("source"), f"{item}.source")
+        parsed["source"] = non_empty_string(mount.get("source"), f"{item}.source")
         mounts[name] = parsed
     return mounts
 
@@ -89,8 +89,8 @@ def parse_secret_mounts(study: str, entry: Any, mode: str | None = None) -> dict
 def parse_slurm(study: str, entry: Any) -> dict[str, Any]:
     """NVFlare's schema of a study's `slurm` block (only a Slurm launcher uses it)."""
     label = f"studies.{study}.slurm"
-    entry = _mapping(entry, label)
-    _known(entry, SLURM_KEYS, label)
+    entry = mapping(entry, label)
+    known_keys_only(entry, SLURM_KEYS, label)
     result = {}
     for key, value in entry.items():
         item = f"{label}.{key}"
@@ -120,19 +120,20 @@ def refuse_slurm(study: str, backend: str | None) -> None:
     raise StudyFileError(f"studies.{study}.slurm: slurm is Slurm-only and is not supported by this launcher{where}.")
 
 
-def _mapping(value: Any, label: str) -> dict:
+def mapping(value: Any, label: str) -> dict:
+    """The value itself when it is a mapping (the file's shape checks, shared with study_files)."""
     if not isinstance(value, dict):
         raise StudyFileError(f"{label} must be a mapping.")
     return value
 
 
-def _known(entry: dict, known: tuple[str, ...], label: str) -> None:
+def known_keys_only(entry: dict, known: tuple[str, ...], label: str) -> None:
     unknown = set(entry) - set(known)
     if unknown:
         raise StudyFileError(f"{label} has unknown key(s) {sorted(map(str, unknown))}; allowed: {sorted(known)}.")
 
 
-def _string(value: Any, label: str) -> str:
+def non_empty_string(value: Any, label: str) -> str:
     if not isinstance(value, str) or not value:
         raise StudyFileError(f"{label} must be a non-empty string.")
     return value

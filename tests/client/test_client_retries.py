@@ -36,8 +36,11 @@ def scripted():
 
 @pytest.fixture(autouse=True)
 def quick(monkeypatch):
-    monkeypatch.setattr(launcher_module, "WAIT_RETRY_MAX_SECONDS", 0.05)
     monkeypatch.setenv("FLARE_LAUNCHER_TOKEN", SECRET)
+
+
+def handle_for(client: FlareLauncherClient, job_answer: dict):
+    return launcher_module.handle_class()(client, job_answer, retry_max_seconds=0.05)
 
 
 def client_for(url: str, token=SECRET) -> FlareLauncherClient:
@@ -51,7 +54,7 @@ def test_wait_rides_out_server_errors_and_garbled_answers_until_the_job_ends(scr
                     (503, {"detail": "x"}, {"Retry-After": "0"}),
                     (200, "<html>a proxy page</html>"), (200, [1, 2]), (200, job("running")), (409, {"detail": "?"}),
                     (200, job("succeeded", return_code=0)))
-    handle = launcher_module.handle_class()(client_for(scripted.url), job("running"))
+    handle = handle_for(client_for(scripted.url), job("running"))
     handle.wait()
     assert handle.poll() == 0 and handle.job["state"] == "succeeded"
     assert scripted.count("GET", "/api/v1/jobs/7/wait/") == 8
@@ -60,7 +63,7 @@ def test_wait_rides_out_server_errors_and_garbled_answers_until_the_job_ends(scr
 
 def test_wait_and_poll_keep_going_while_the_launcher_is_unreachable(caplog):
     dead_url = f"http://127.0.0.1:{free_port()}"
-    handle = launcher_module.handle_class()(client_for(dead_url), job("running"))
+    handle = handle_for(client_for(dead_url), job("running"))
     assert handle.poll() == 127  # never raises
     handle.wait_once(1)  # one failed long poll: logged, no exception
     assert f"FLARE Launcher at {dead_url} unreachable: ConnectionError" in caplog.text
@@ -68,7 +71,7 @@ def test_wait_and_poll_keep_going_while_the_launcher_is_unreachable(caplog):
 
 def test_a_job_gone_from_the_launcher_ends_the_wait_as_aborted(scripted):
     scripted.script("GET", "/api/v1/jobs/7/wait/", (404, {"detail": "No Job matches the given query."}))
-    handle = launcher_module.handle_class()(client_for(scripted.url), job("running"))
+    handle = handle_for(client_for(scripted.url), job("running"))
     handle.wait()
     assert handle.poll() == 9 and handle.job["state"] == "lost"
 
@@ -81,7 +84,7 @@ def test_a_refused_token_is_read_again_from_its_file_and_the_wait_goes_on(script
     scripted.script("GET", "/api/v1/jobs/7/wait/", (401, {"detail": "Invalid token."}),
                     (200, job("failed", return_code=1)))
     token_file.write_text("flr_new\n")  # rotated after the launcher was built
-    handle = launcher_module.handle_class()(launcher.client, job("running"))
+    handle = handle_for(launcher.client, job("running"))
     handle.wait()
     assert handle.poll() == 1
     assert [auth for _, _, auth in scripted.requests] == ["Token flr_old", "Token flr_new"]
@@ -89,7 +92,7 @@ def test_a_refused_token_is_read_again_from_its_file_and_the_wait_goes_on(script
 
 def test_poll_never_raises_on_errors_and_keeps_a_terminal_answer(scripted):
     scripted.script("GET", "/api/v1/jobs/7/", (500, "oops"), (200, "<html>"), (500, "oops"))
-    handle = launcher_module.handle_class()(client_for(scripted.url), job("running"))
+    handle = handle_for(client_for(scripted.url), job("running"))
     assert handle.poll() == 127 and handle.poll() == 127
     scripted.answers.clear()
     scripted.script("GET", "/api/v1/jobs/7/", (200, job("aborted", return_code=9)))
@@ -165,6 +168,6 @@ def test_a_job_that_does_not_start_in_time_is_submitted_again_then_terminated(sc
 def test_terminate_takes_nvflares_heartbeat_cleanup_argument(scripted):
     # NVFlare 2.9's client executor stops a job whose heartbeat was lost with terminate(heartbeat_cleanup=True).
     scripted.script("POST", "/api/v1/jobs/7/terminate/", (202, job("aborted", return_code=9)))
-    handle = launcher_module.handle_class()(client_for(scripted.url), job("running"))
+    handle = handle_for(client_for(scripted.url), job("running"))
     handle.terminate(heartbeat_cleanup=True)
     assert handle.poll() == 9 and scripted.count("POST", "/api/v1/jobs/7/terminate/") == 1
