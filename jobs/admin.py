@@ -5,6 +5,7 @@ from django import forms
 from django.contrib import admin
 from django.core.exceptions import ValidationError
 
+from backends.base import BackendError
 from jobs.models import ApiToken, AuditEntry, Dataset, Job, JobEvent, OrphanWorkload, Site, SiteMembership, Study
 
 
@@ -70,7 +71,10 @@ class DatasetAdminForm(forms.ModelForm):
         except (Dataset.study.RelatedObjectDoesNotExist, Study.site.RelatedObjectDoesNotExist):
             site = None
         if not self._errors and site is not None and data.get("source"):
-            message = catalog.dataset_source_error(site, data["source"])
+            try:  # where the site's data is (a worker with LAUNCHER_ENGINE_VIA_WORKER)
+                message = catalog.dataset_sources_check(site, [data["source"]])[data["source"]]
+            except BackendError as exc:
+                message = f"Could not check this source: {exc}."
             if message:
                 self.add_error("source", message)
         return data

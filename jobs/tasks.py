@@ -142,3 +142,45 @@ def webhook_deliver_task(self, webhook_pk: int, event: str, payload: dict) -> No
     if webhook_deliver(webhook_pk=webhook_pk, event=event, payload=payload, attempt=retries + 1) \
             and retries < WEBHOOK_RETRIES:
         raise self.retry(countdown=_countdown(retries, settings.LAUNCHER_WEBHOOK_BACKOFF))
+
+
+# The web process's engine calls (jobs.services.engine_calls): plain data in and out, results kept
+# (CELERY_RESULT_BACKEND) for the request that waits on them. Not acks_late: a read that a lost
+# worker dropped is not worth redelivering; the request has answered "no answer" by then.
+ENGINE_CALL = {"ignore_result": False, "acks_late": False, "reject_on_worker_lost": False}
+
+
+@shared_task(**ENGINE_CALL)
+def site_check_task(site: dict, datasets: list, images: list) -> dict:
+    from jobs.services.connection_check import site_engine_checks
+    from jobs.services.engine_calls import answer
+
+    return answer(site_engine_checks, site=site, datasets=datasets, images=images)
+
+
+@shared_task(**ENGINE_CALL)
+def workload_output_task(site: dict, handle: dict, tail: int | None, limit: int) -> dict:
+    from jobs.services.engine_calls import answer
+    from jobs.services.job_logs import workload_output
+
+    return answer(workload_output, site=site, handle=handle, tail=tail, limit=limit)
+
+
+@shared_task(**ENGINE_CALL)
+def submit_check_task(site: dict, request: dict, sealed_credentials: str) -> dict:
+    """A submit's checks that read the site's host (workspace, dataset and secret sources): run
+    where those are. `sealed_credentials` as job_launch_task's."""
+    from jobs.services.engine_calls import answer
+    from jobs.services.submission import submit_check
+
+    return answer(submit_check, site=site, request=request, sealed_credentials=sealed_credentials)
+
+
+@shared_task(**ENGINE_CALL)
+def dataset_source_task(site: dict, sources: list) -> dict:
+    """A dataset save's filesystem checks of its sources (they exist, symlinks resolved): run where
+    the site's data is (jobs.services.dataset_sources)."""
+    from jobs.services.dataset_sources import dataset_source_errors
+    from jobs.services.engine_calls import answer
+
+    return answer(dataset_source_errors, site=site, sources=sources)

@@ -81,6 +81,10 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
     # A connection pool per process: ASGI runs sync code on many threads, and a persistent
     # connection per thread would exhaust PostgreSQL's max_connections under load.
     _db["CONN_MAX_AGE"] = 0
+    # Django then has the pool check a connection (one empty query) before handing it out: after
+    # PostgreSQL restarts every idle pooled connection is dead, and each would fail one request or
+    # launch task (the composed-layout drill in tests/compose caught a launch lost that way).
+    _db["CONN_HEALTH_CHECKS"] = True
     _pool_size = env_int("LAUNCHER_DB_POOL_SIZE", 10, minimum=1)
     _db.setdefault("OPTIONS", {})["pool"] = {
         "min_size": min(4, _pool_size),  # kept open, so a request rarely waits for a new connection
@@ -122,8 +126,9 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CELERY_BROKER_URL = "memory://localhost/"
     # Kombu polls the in-memory broker, every 1 s by default: that was most of a launch's latency
-    # (bench/client_launch.py). Looking at an in-process queue costs next to nothing.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.05}
+    # (bench/client_launch.py). Looking at an in-process queue costs next to nothing: every 10 ms
+    # is 0.9% of a core idle (0.5% at 50 ms) and takes ~20 ms off a launch (bench/launch_whole_path.py).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.01}
 # With no REDIS_URL the worker runs as threads inside the web process (launcher_site.embedded).
 LAUNCHER_EMBEDDED = not REDIS_URL
 
@@ -135,6 +140,12 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+if _db["ENGINE"] == "django.db.backends.postgresql":
+    # Celery's Django fixup closes a prefork child's connections *and its pool* around every task
+    # (celery#10554): each launch paid for a new pool, ~35 ms (bench/launch_whole_path.py --phases).
+    # With a reuse count it leaves them (closing the pool every 2000 tasks); launcher_site.celery
+    # hands the connection back to the pool around each task instead, as Django does per request.
+    CELERY_DB_REUSE_MAX = 1000
 
 # --- Auth, static, i18n -------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -256,6 +267,15 @@ LAUNCHER_LOGS_KEEP_BYTES = env_int("LAUNCHER_LOGS_KEEP_BYTES", 8 * 1024 * 1024, 
 LAUNCHER_WAIT_HOLD_SECONDS = env_int("LAUNCHER_WAIT_HOLD_SECONDS", 60, minimum=1, maximum=60)
 # A site's connection test answers within this many seconds (2 run at once per process, more get "busy").
 LAUNCHER_CHECK_DEADLINE_SECONDS = env_int("LAUNCHER_CHECK_DEADLINE_SECONDS", 10, minimum=1, maximum=120)
+# The web process's engine calls (Test connection, a running job's logs) run on a Celery worker and
+# are awaited at most LAUNCHER_CHECK_DEADLINE_SECONDS: for a web process with no Docker socket or
+# kubeconfig (compose.yaml). Off: the web process calls the engine itself.
+LAUNCHER_ENGINE_VIA_WORKER = env_bool("LAUNCHER_ENGINE_VIA_WORKER", False)
+# Only those calls store results (every other task ignores its result); the embedded worker shares
+# this process's memory.
+CELERY_RESULT_BACKEND = (("redis+socket://" + REDIS_URL.removeprefix("unix://")) if REDIS_URL.startswith("unix://")
+                         else REDIS_URL) if REDIS_URL else "cache+memory://"
+CELERY_RESULT_EXPIRES = 600
 # Where process-backend sites keep job workspaces when the site sets none.
 LAUNCHER_PROCESS_WORKSPACES = Path(env_str("LAUNCHER_PROCESS_WORKSPACES", str(VAR_DIR / "workspaces")))
 # Watchers take a per-site lease so only one process watches each site.

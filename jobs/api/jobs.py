@@ -18,7 +18,6 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from backends.base import Handle
 from backends.logtail import cap_tail
 from jobs.api import access
 from jobs.api.base import ApiMixin
@@ -47,7 +46,6 @@ from jobs.payloads import job_payload
 from jobs.services import job_logs
 from jobs.services.audit import actor_label
 from jobs.services.cancellation import job_request_terminate
-from jobs.services.sites import site_backend
 from jobs.services.submission import job_submit
 
 LOGS_MAX_TAIL = 10_000
@@ -181,6 +179,6 @@ class JobViewSet(ApiMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
         if job.is_terminal or not job.handle:
             text, source = job.logs_tail, ("saved" if job.logs_tail else "none")
         else:
-            text, source = site_backend(job.site).logs(Handle(**job.handle), tail=tail), "live"
+            text, source = job_logs.job_live_tail(job, tail), "live"
         text = cap_tail(text, lines=tail)
         return Response({"job": job.pk, "source": source, "tail": tail, "logs": text})

@@ -72,9 +72,11 @@ class SiteViewSet(ApiMixin, viewsets.ViewSet):
         if not request.user.is_staff:
             raise exceptions.PermissionDenied("Only staff may create sites.")
         data = _validated(SiteInputSerializer, request)
+        # The engine's checks first, on the validated unsaved site: a transaction open while the
+        # engine answers would hold SQLite's write lock. 400 naming each setting, or warnings.
+        warnings = site_checks.check_site_save(catalog.site_create(save=False, **data), actor=request.user)
         with transaction.atomic():
             site = catalog.site_create(**data)
-            warnings = site_checks.check_site_save(site, actor=request.user)  # 400 naming each setting, or warnings
             self.audit("site.create", f"site:{site.name}", {"changes": data})
         return Response(_with_warnings(SiteSerializer(site, context={"request": request}).data, warnings),
                         status=status.HTTP_201_CREATED)
@@ -83,9 +85,10 @@ class SiteViewSet(ApiMixin, viewsets.ViewSet):
         site = access.site_for(request, name, role="admin")
         data = _validated(SiteInputSerializer, request, partial=True)
         before = site_checks.snapshot(site)
+        unsaved = catalog.site_update(site=site, actor=request.user, save=False, **data)  # 400/403 as a save
+        warnings = site_checks.check_site_save(unsaved, actor=request.user, before=before)  # outside the transaction
         with transaction.atomic():
             site = catalog.site_update(site=site, actor=request.user, **data)
-            warnings = site_checks.check_site_save(site, actor=request.user, before=before)
             detail = {"changes": data, **({"renamed_from": name} if site.name != name else {})}
             self.audit("site.update", f"site:{site.name}", detail)
         return Response(_with_warnings(SiteSerializer(site, context={"request": request}).data, warnings))
@@ -193,16 +196,20 @@ class DatasetViewSet(ApiMixin, viewsets.ViewSet):
     def create(self, request, site=None, study=None):
         study_obj = self._study(request, site, study, "admin")
         data = _validated(DatasetInputSerializer, request)
+        # The source's filesystem check first, where the data is (a worker: 503 when none answers),
+        # outside the transaction: awaited inside it, SQLite's write lock would wait too.
+        checked = catalog.dataset_sources_check(study_obj.site, [data["source"]])
         with transaction.atomic():
-            dataset = catalog.dataset_create(study=study_obj, **data)
+            dataset = catalog.dataset_create(study=study_obj, checked=checked, **data)
             self.audit("dataset.create", f"site:{site}/study:{study}/dataset:{dataset.name}", {"changes": data})
         return Response(DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
 
     def partial_update(self, request, site=None, study=None, dataset=None):
         current = self._dataset(self._study(request, site, study, "admin"), dataset)
         data = _validated(DatasetInputSerializer, request, partial=True)
+        checked = catalog.dataset_sources_check(current.study.site, [data.get("source", current.source)])
         with transaction.atomic():
-            updated = catalog.dataset_update(dataset=current, **data)
+            updated = catalog.dataset_update(dataset=current, checked=checked, **data)
             self.audit("dataset.update", f"site:{site}/study:{study}/dataset:{dataset}", {"changes": data})
         return Response(DatasetSerializer(updated).data)
 

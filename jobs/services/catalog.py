@@ -3,6 +3,7 @@ value gets the same message everywhere: django ValidationError({field: [message]
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -12,12 +13,18 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from backends import config_class
-from backends.base import InvalidJobSpec
-from backends.common import DOCKER_SOCKETS, LAUNCHER_OWNED_ENV, NEVER_MOUNTABLE, overlaps_protected, under_allowed_roots
+from backends.base import BackendError, InvalidJobSpec
+from backends.common import LAUNCHER_OWNED_ENV, NEVER_MOUNTABLE
 from backends.docker.config import check_container_kwargs, check_secret_env_source
 from backends.kubernetes import pod_security as pss
 from jobs.models import ACTIVE, Backend, Dataset, Site, Study
 from jobs.services import policy
+from jobs.services.dataset_sources import (  # noqa: F401 - dataset_source_error, site_workspaces: the catalog's rules
+    PVC_NAME_RE,
+    dataset_source_error,
+    dataset_sources_check,
+    site_workspaces,
+)
 
 BACKEND_FIELDS = tuple(Backend.values)  # "docker", "kubernetes", "process": one JSON block each
 STUDY_FIELD_MAX_BYTES = 64 * 1024  # each of a study's env, docker_kwargs and pod_template
@@ -26,7 +33,6 @@ SECRET_FIELDS = ("secret_env", "secret_mounts")
 # The launcher's own Secrets: per-job credentials (launch-semantics.md §4.5) and each site's startup
 # kit (its private key); the same rule as backends.kubernetes.prepare applies at launch.
 K8S_LAUNCHER_SECRET_PREFIXES = ("nvflare-cred-", "nvflare-startup-")
-PVC_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 class SiteBusy(Exception):
@@ -43,23 +49,29 @@ class SiteBusy(Exception):
 # policy.StaffOnly (a ValidationError keyed by field; the API answers it with 403) and nothing is saved.
 
 
+# `save=False`: validate and return the site as it would be saved, unsaved (site_update: a copy, `site`
+# is left as it is): what a save's engine checks judge before its transaction (jobs.services.site_checks).
+
+
 def site_create(*, name: str, backend: str = "process", allowed_data_roots: list[str] | None = None,
-                actor: Any = None, **backend_settings: dict[str, Any]) -> Site:
+                actor: Any = None, save: bool = True, **backend_settings: dict[str, Any]) -> Site:
     policy.require_staff(actor, "create sites")
     site = Site(name=name, backend=backend)
-    return _site_apply(site, allowed_data_roots=allowed_data_roots or [], **backend_settings)
+    return _site_apply(site, allowed_data_roots=allowed_data_roots or [], save=save, **backend_settings)
 
 
-def site_update(*, site: Site, actor: Any = None, **changes: Any) -> Site:
+def site_update(*, site: Site, actor: Any = None, save: bool = True, **changes: Any) -> Site:
     """Change any of name, backend, allowed_data_roots and the per-backend blocks. A block replaces
     the stored one (missing keys take their defaults)."""
+    if not save:
+        site = copy.copy(site)
     before = policy.site_snapshot(site)
     before.update({kind: _normalised_block(kind, before[kind]) for kind in BACKEND_FIELDS})  # as compared after
     if "name" in changes:
         site.name = changes.pop("name")
     if "backend" in changes:
         site.backend = changes.pop("backend")
-    return _site_apply(site, before=before, actor=actor, **changes)
+    return _site_apply(site, before=before, actor=actor, save=save, **changes)
 
 
 def site_clean(site: Site) -> Site:
@@ -232,7 +244,12 @@ def _secret_errors(study: Study) -> dict[str, list[str]]:
     docker.secret_env_sources may be named; a secret mount's host source is confined like a
     dataset's. Kubernetes sources are Secret names, never a job's credential Secret. The process
     backend has neither."""
-    from jobs.services.study_secrets import LAUNCHER_MODE, StudyFileError, parse_secret_env, parse_secret_mounts
+    from jobs.services.study_secrets import (
+        LAUNCHER_MODE,
+        StudyFileError,
+        parse_secret_env,
+        parse_secret_mounts,
+    )
 
     site, errors = study.site, {}
     for field, parse in (("secret_env", lambda v: parse_secret_env(study.name, v, study.env or {})),
@@ -276,7 +293,10 @@ def _secret_source_error(site: Site, source: str, *, env: bool) -> str | None:
         except InvalidJobSpec as exc:
             return exc.reason[0].upper() + exc.reason[1:] + "."
         return None
-    return dataset_source_error(site, source)
+    try:  # where the site's data is, as a dataset source (a worker with LAUNCHER_ENGINE_VIA_WORKER)
+        return dataset_sources_check(site, [source])[source]
+    except BackendError as exc:  # refused, not a 500: study saves run inside their transaction
+        return f"Could not check {source}: {exc}."
 
 
 def pod_security_level(site: Site) -> str:
@@ -294,68 +314,37 @@ def study_delete(*, study: Study) -> None:
     study.delete()
 
 
-def dataset_create(*, study: Study, name: str, source: str, mode: str = "ro") -> Dataset:
-    return _dataset_apply(Dataset(study=study, name=name, source=source, mode=mode))
+def dataset_create(*, study: Study, name: str, source: str, mode: str = "ro",
+                   checked: dict[str, str | None] | None = None) -> Dataset:
+    return _dataset_apply(Dataset(study=study, name=name, source=source, mode=mode), checked)
 
 
-def dataset_update(*, dataset: Dataset, **fields: Any) -> Dataset:
+def dataset_update(*, dataset: Dataset, checked: dict[str, str | None] | None = None, **fields: Any) -> Dataset:
     unknown = set(fields) - {"name", "source", "mode"}
     if unknown:
         raise ValidationError({sorted(unknown)[0]: ["Unknown dataset field."]})
     for key, value in fields.items():
         setattr(dataset, key, value)
-    return _dataset_apply(dataset)
+    return _dataset_apply(dataset, checked)
 
 
-def _dataset_apply(dataset: Dataset) -> Dataset:
+def _dataset_apply(dataset: Dataset, checked: dict[str, str | None] | None = None) -> Dataset:
+    """`checked`: dataset_sources_check's answer, got before the caller's transaction (a worker
+    awaited inside it would hold SQLite's write lock); a source it lacks is checked here."""
     errors: dict[str, list[str]] = {}
     try:
         dataset.full_clean()
     except ValidationError as exc:
         errors.update(exc.message_dict)
     if "source" not in errors:
-        message = dataset_source_error(dataset.study.site, dataset.source)
-        if message:
-            errors["source"] = [message]
+        if checked is None or dataset.source not in checked:
+            checked = dataset_sources_check(dataset.study.site, [dataset.source])
+        if checked[dataset.source]:
+            errors["source"] = [checked[dataset.source]]
     if errors:
         raise ValidationError(errors)
     dataset.save()
     return dataset
-
-
-def dataset_source_error(site: Site, source: str) -> str | None:
-    """Why `source` cannot be this site's dataset source, or None. Host paths (docker, process)
-    must exist under the allowed roots; Kubernetes sources are PVC claim names."""
-    if site.backend == "kubernetes":
-        return None if PVC_NAME_RE.match(source or "") else f"{source!r} is not a valid PersistentVolumeClaim name."
-    try:
-        under_allowed_roots(source, site.allowed_data_roots or [], "source")
-    except InvalidJobSpec as exc:
-        return exc.reason[0].upper() + exc.reason[1:] + "."
-    protected = [*site_workspaces(site), *DOCKER_SOCKETS]
-    docker_host = (site.docker or {}).get("docker_host") or ""
-    if docker_host.startswith("unix://"):
-        protected.append(docker_host.removeprefix("unix://"))
-    hit = overlaps_protected(source, protected)
-    if hit:
-        what = "the Docker socket" if hit not in site_workspaces(site) else f"the site's workspace {hit}"
-        return f"{source} is, contains or lies inside {what}, which is never a dataset."
-    return None
-
-
-def site_workspaces(site: Site) -> list[str]:
-    """Host workspaces of the site (with their startup/ and local/ kits): never a dataset source."""
-    from jobs.services.sites import site_backend_settings
-
-    paths = []
-    if site.backend == "process" or site.process:
-        process = dict(site.process or {})
-        if site.backend == "process":
-            process = site_backend_settings(site)
-        paths.append(process.get("workspace") or "")
-    if site.backend == "docker" or site.docker:
-        paths.append((site.docker or {}).get("workspace") or os.environ.get("NVFL_DOCKER_WORKSPACE", ""))
-    return [p for p in paths if p]
 
 
 def dataset_delete(*, dataset: Dataset) -> None:

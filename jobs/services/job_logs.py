@@ -3,6 +3,8 @@
 At most LAUNCHER_LOGS_KEEP_BYTES per job: a longer output keeps its start and its end (half each,
 cut at line ends) with one line marking the cut. Read with that byte cap too, so a job that printed
 gigabytes never fills the launcher's memory. Pruned with the job's events (jobs.services.retention).
+A running job's output is read from its engine through jobs.services.engine_calls (on a worker
+with LAUNCHER_ENGINE_VIA_WORKER).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 from django.conf import settings
 from django.http import HttpResponse
 
-from backends.base import Handle
+from backends.base import BackendError, Handle
 from backends.logtail import cap_tail
 from jobs.models import Job, JobLog
 
@@ -119,10 +121,38 @@ def job_output_text(job: Job) -> str:
     if row is not None:
         return row.text
     if not job.is_terminal and job.handle and keep_bytes():
-        from jobs.services.sites import site_backend
-
-        return read_output(site_backend(job.site), Handle(**job.handle), keep_bytes())[0]
+        return _live(job, tail=None, limit=keep_bytes())
     return cap_tail(job.logs_tail)
+
+
+def job_live_tail(job: Job, tail: int) -> str:
+    """A running job's last `tail` lines, read from its engine now."""
+    return _live(job, tail=tail, limit=0)
+
+
+def _live(job: Job, *, tail: int | None, limit: int) -> str:
+    from jobs.services.engine_calls import engine_call, site_ref
+    from jobs.tasks import workload_output_task  # tasks import the services
+
+    from jobs.services.runtime_facts import backend_error_recorded
+
+    try:
+        return engine_call(workload_output_task, site=site_ref(job.site), handle=dict(job.handle), tail=tail,
+                           limit=limit)
+    except BackendError as exc:  # a page or API read that ends no job: counted for /metrics, then answered
+        backend_error_recorded(exc, operation="logs", site_pk=job.site_id)
+        raise
+
+
+def workload_output(*, site: dict, handle: dict, tail: int | None, limit: int) -> str:
+    """Where the engine is (jobs.tasks.workload_output_task, or here): the last `tail` lines of a
+    workload's output, or (tail None) its whole output kept to `limit` bytes (start and end)."""
+    from jobs.services.engine_calls import backend_of
+
+    backend, ref = backend_of(site), Handle(**handle)
+    if tail is not None:
+        return backend.logs(ref, tail=tail)
+    return read_output(backend, ref, limit)[0]
 
 
 def download_response(job: Job) -> HttpResponse:

@@ -114,7 +114,7 @@ def probe_report(job: Job) -> ProbeResult | None:
         datasets = [DatasetSpec(study=ds["study"], name=ds["name"], source=ds["source"], mode=ds["mode"])
                     for ds in job.spec["datasets"]]
     else:
-        runtime = study_runtime(job.site, job.study)
+        runtime = study_runtime(job.site, job.study, check_sources=False)  # a page: what was asked, not checked
         datasets = list(runtime.datasets) if runtime else []
     expected = {}
     for ds in datasets:

@@ -2,8 +2,11 @@
 site is saved, every problem at once, each named by its setting.
 
 One function gives the checks: connection_check.site_check_connection (the backend's own
-check_connection on the bounded pool, plus `local_checks` and `engine_extras` here). Test connection
-shows its results; a save turns them into `SiteFindings`:
+check_connection on the bounded pool, plus `job_user_checks`, `study_kwargs_checks` and `engine_extras`
+here). Test connection
+shows its results; a save turns them into `SiteFindings`, judged on the catalog's validated unsaved
+site (save=False) BEFORE the save's transaction, which then only writes (an engine awaited inside it
+would hold SQLite's write lock for up to the deadline):
 
 - errors (field -> messages) refuse the save (400 / the form's errors; nothing is written): a Docker
   network that does not exist, a workspace that is missing or not writable, a job user that would be
@@ -48,10 +51,11 @@ class SiteFindings:
 # ---------------------------------------------------------------------------------------------
 
 
-def local_checks(site: Site, backend: Any) -> list[CheckResult]:
-    """Filesystem and settings checks (no engine): the Docker job user, study docker_kwargs."""
+def job_user_checks(kind: str, backend: Any) -> list[CheckResult]:
+    """The Docker job user: read from the workspace's owner unless docker.user is set, so it runs
+    where the workspace is mounted (the request thread, or the worker with LAUNCHER_ENGINE_VIA_WORKER)."""
     results: list[CheckResult] = []
-    if site.backend == "docker":
+    if kind == "docker":
         from backends.docker.mounts import job_user, workspace_dir
 
         config = backend.config
@@ -70,8 +74,16 @@ def local_checks(site: Site, backend: Any) -> list[CheckResult]:
             except OSError as exc:
                 results.append(CheckResult(name="job user", ok=False,
                                            detail=f"docker.user: the workspace cannot be read ({exc.strerror})"))
+    return results
+
+
+def study_kwargs_checks(site: Site, backend: Any) -> list[CheckResult]:
+    """Each study's docker_kwargs against the site's settings (database and settings only)."""
+    results: list[CheckResult] = []
+    if site.backend == "docker" and site.pk is not None:  # a site not created yet has no studies
         from backends.docker.config import check_container_kwargs
 
+        config = backend.config
         for study in Study.objects.filter(site=site).exclude(docker_kwargs={}):
             try:
                 check_container_kwargs(study.docker_kwargs or {}, "docker_kwargs", allow_host_ipc=config.allow_host_ipc)
@@ -84,13 +96,13 @@ def local_checks(site: Site, backend: Any) -> list[CheckResult]:
 def study_images(site: Site) -> list[tuple[str, str]]:
     """(study, image) pairs to look up on the engine; read in the request thread (the pool never
     touches the database)."""
-    if site.backend != "docker":
+    if site.backend != "docker" or site.pk is None:  # a site not created yet has no studies
         return []
     return list(Study.objects.filter(site=site).exclude(image="").values_list("name", "image"))
 
 
-def engine_extras(backend: Any, images: Iterable[tuple[str, str]]) -> list[CheckResult]:
-    """Runs on the pool after backend.check_connection: each study image present on the Docker host
+def engine_extras(backend: Any, images: Iterable[Iterable[str]]) -> list[CheckResult]:
+    """Runs on the pool (or the worker) after backend.check_connection: each study image present on the Docker host
     (launch never pulls unless allow_pull)."""
     images = list(images)
     if not images:
@@ -189,12 +201,14 @@ def snapshot(site: Site) -> dict[str, Any]:
     return {"backend": site.backend, "settings": _normalised_block(site.backend, site_backend_settings(site))}
 
 
-def check_site_save(site: Site, *, actor: Any = None, before: dict[str, Any] | None = None) -> list[str]:
-    """After the catalog saved `site` (inside the caller's transaction): raise ValidationError
-    naming every setting that fails (the caller's transaction then writes nothing), else return the
-    warnings to show with the saved site. `before` (snapshot(), None for a new site): when the save
-    changed neither the backend nor its settings block (e.g. only the data roots), a problem it did
-    not cause is a warning, not a refusal of an unrelated edit."""
+def save_findings(site: Site, *, actor: Any = None, before: dict[str, Any] | None = None) -> SiteFindings:
+    """The checks' verdict on the settings a save would write. `site`: the catalog's validated,
+    unsaved instance (catalog.site_create / site_update with save=False). Run it BEFORE the save's
+    transaction: it waits on the engine (up to LAUNCHER_CHECK_DEADLINE_SECONDS), and on SQLite an
+    open transaction holds the write lock, stalling every other writer (the watcher, other saves).
+    `before` (snapshot(), None for a new site): when the save changes neither the backend nor its
+    settings block (e.g. only the data roots), a problem it did not cause is a warning, not a
+    refusal of an unrelated edit."""
     from jobs.services.connection_check import site_check_connection
     from jobs.services.sites import site_backend_settings
 
@@ -205,5 +219,12 @@ def check_site_save(site: Site, *, actor: Any = None, before: dict[str, Any] | N
         result.warnings += [f"{target}: {message} (not changed by this save)"
                             for target, messages in result.errors.items() for message in messages]
         result.errors = {}
+    return result
+
+
+def check_site_save(site: Site, *, actor: Any = None, before: dict[str, Any] | None = None) -> list[str]:
+    """save_findings, before the save's transaction: raise ValidationError naming every setting that
+    fails (nothing is written), else return the warnings to show with the saved site."""
+    result = save_findings(site, actor=actor, before=before)
     result.raise_errors()
     return result.warnings

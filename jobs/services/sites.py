@@ -28,32 +28,34 @@ def site_backend(site: Site) -> Backend:
     change. The cache only saves engine clients (a Docker or Kubernetes API client and its
     connection pool): a backend keeps no job state, so a new object would behave the same."""
     # The settings too: a row changed without a save (queryset.update) or a rolled-back save keeps updated_at.
-    key = (site.backend, site.updated_at, tuple(site.allowed_data_roots or ()), repr(site_backend_settings(site)))
+    key = (site.name, site.backend, site.updated_at, tuple(site.allowed_data_roots or ()),
+           repr(site_backend_settings(site)))
+    if site.pk is None:  # a site checked before it is first saved: nothing to reuse it for
+        return _build(site)
     with _cache_lock:
         cached = _cache.get(site.pk)
         if cached and cached[0] == key:
             return cached[1]
-        config = config_class(site.backend).from_dict(site_backend_settings(site))
-        backend = backend_class(site.backend)(site=site.name, config=config, allowed_data_roots=tuple(site.allowed_data_roots or ()))
+        backend = _build(site)
         _cache[site.pk] = (key, backend)
         return backend
 
 
-def study_runtime(site: Site, study_name: str) -> StudyRuntime | None:
+def _build(site: Site) -> Backend:
+    config = config_class(site.backend).from_dict(site_backend_settings(site))
+    return backend_class(site.backend)(site=site.name, config=config, allowed_data_roots=tuple(site.allowed_data_roots or ()))
+
+
+def study_runtime(site: Site, study_name: str, *, check_sources: bool = True) -> StudyRuntime | None:
     """The study's runtime as the backends take it, or None when the job names no study or the
-    site has no such study (as NVFlare: no mounts)."""
+    site has no such study (as NVFlare: no mounts). `check_sources=False`: without
+    study_sources_check, which the caller runs where the host paths are (jobs.services.submission)."""
     if not study_name:
         return None
     study = Study.objects.filter(site=site, name=study_name).prefetch_related("datasets").first()
     if study is None:
         return None
-    from jobs.services.catalog import dataset_source_error
-
-    for d in study.datasets.all():  # the save-time rule again: roots may have changed, or the workspace moved
-        problem = dataset_source_error(site, d.source)
-        if problem:
-            raise InvalidJobSpec(f"study.{study.name}.datasets.{d.name}.source", problem)
-    return StudyRuntime(
+    runtime = StudyRuntime(
         name=study.name,
         datasets=tuple(DatasetSpec(study=study.name, name=d.name, source=d.source, mode=d.mode) for d in study.datasets.all()),
         image=study.image or None,
@@ -67,4 +69,18 @@ def study_runtime(site: Site, study_name: str) -> StudyRuntime | None:
                         items=tuple(m["items"].items()) if m.get("items") else None)
             for name, m in (study.secret_mounts or {}).items()),
     )
+    if check_sources:
+        study_sources_check(site, runtime)
+    return runtime
+
+
+def study_sources_check(site: Site, study: StudyRuntime | None) -> None:
+    """The save-time rule again at submit and launch (roots may have changed, or the workspace
+    moved): each dataset source as the host where this runs sees it."""
+    from jobs.services.catalog import dataset_source_error
+
+    for d in study.datasets if study else ():
+        problem = dataset_source_error(site, d.source)
+        if problem:
+            raise InvalidJobSpec(f"study.{study.name}.datasets.{d.name}.source", problem)
 

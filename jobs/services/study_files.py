@@ -331,16 +331,22 @@ EMPTY_RUNTIME = {"image": "", "env": {}, "docker_kwargs": {}, "pod_template": No
 
 
 def _apply(site: Site, runtime: dict[str, dict[str, Any]], *, reset_other_settings: bool, actor: Any = None) -> None:
+    # Every dataset source checked at once, where the site's data is (a worker: BackendError when none
+    # answers), before the transaction: awaited inside it, SQLite's write lock would wait too.
+    checked = catalog.dataset_sources_check(site, [d["source"] for entry in runtime.values()
+                                                   for d in entry.get("datasets", {}).values()])
     with transaction.atomic():
         existing = {s.name: s for s in Study.objects.select_for_update().filter(site=site)}
         for name, study in existing.items():
             if name not in runtime:
-                _apply_study(site, study, name, {**(EMPTY_RUNTIME if reset_other_settings else {}), "datasets": {}}, actor)
+                _apply_study(site, study, name, {**(EMPTY_RUNTIME if reset_other_settings else {}), "datasets": {}},
+                             actor, checked)
         for name, entry in runtime.items():
-            _apply_study(site, existing.get(name), name, entry, actor)
+            _apply_study(site, existing.get(name), name, entry, actor, checked)
 
 
-def _apply_study(site: Site, study: Study | None, name: str, entry: dict[str, Any], actor: Any = None) -> None:
+def _apply_study(site: Site, study: Study | None, name: str, entry: dict[str, Any], actor: Any = None,
+                 checked: dict[str, str | None] | None = None) -> None:
     settings = {k: v for k, v in entry.items() if k != "datasets"}
     with _prefixed(name):
         if study is None:
@@ -355,9 +361,9 @@ def _apply_study(site: Site, study: Study | None, name: str, entry: dict[str, An
     for dataset_name, values in wanted.items():
         with _prefixed(f"{name}/{dataset_name}"):
             if dataset_name in current:
-                catalog.dataset_update(dataset=current[dataset_name], **values)
+                catalog.dataset_update(dataset=current[dataset_name], checked=checked, **values)
             else:
-                catalog.dataset_create(study=study, name=dataset_name, **values)
+                catalog.dataset_create(study=study, name=dataset_name, checked=checked, **values)
 
 
 class _prefixed:

@@ -1,8 +1,16 @@
 """job_submit: validate a launch request, record the job and its request once, and launch it after
-commit."""
+commit.
+
+The checks that read the site's host (its workspace, the dataset and secret sources: the backend's
+prepare) run where that host is: jobs.tasks.submit_check_task through engine_calls.engine_call, so
+on a worker with LAUNCHER_ENGINE_VIA_WORKER (the web then needs no view of the workspaces and their
+startup kits). The launch checks them all again (launch_failed naming the path); this check is for
+a clear 400 before anything is recorded.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -12,11 +20,22 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from backends import nvflare
-from backends.base import InvalidJobSpec, JobRequest, JobState
+from backends.base import (
+    BackendError,
+    DatasetSpec,
+    InvalidJobSpec,
+    JobRequest,
+    JobState,
+    SecretEnvRef,
+    SecretMount,
+    StudyRuntime,
+)
 from jobs.models import Job, Site
+from jobs.services.engine_calls import backend_of, engine_call, site_of, site_ref
 from jobs.services.lifecycle import job_create, job_note
 from jobs.services.requests import CREDENTIAL_ARGS, request_to_store
-from jobs.services.sites import site_backend, study_runtime
+from jobs.services.sealing import SealBroken, credentials_seal, credentials_unseal
+from jobs.services.sites import study_runtime, study_sources_check
 
 REDACTED = "***"
 
@@ -56,14 +75,15 @@ def job_submit(
     launcher's own declared command override (JobRequest.command, the site probe), never a
     submitter's. `message`: the first timeline entry, instead of who submitted it.
 
-    Raises InvalidJobSpec naming the field; then nothing is stored and nothing launched.
+    Raises InvalidJobSpec naming the field, or a BackendError when the host checks could not run
+    (WorkerNoAnswer: no worker answered in time); then nothing is stored and nothing launched.
     """
     # The insert comes first and the unique constraint on (site, job_id) decides: a new job (the
     # usual case) costs no lookup, a resubmit costs a failed insert.
     try:
         prepared = _prepare(site=site, job_id=job_id, role=role, job_meta=job_meta, job_args=job_args,
                             set_options=set_options, submitted_by_token=submitted_by_token, command=command)
-    except InvalidJobSpec:
+    except BackendError:  # InvalidJobSpec, or no worker answered: a re-submit still gets its job
         existing = _resubmitted(site, job_id, job_args)  # recorded before the site's settings changed
         if existing is None:
             raise
@@ -78,7 +98,7 @@ def job_submit(
             job = job_create(
                 site=site, job_id=job_id, source=source, notes=notes,
                 message=message or _submitted_message(submitted_by, submitted_by_token),
-                role=role, study=study, image=spec.image or "", backend=site.backend, workload=spec.name,
+                role=role, study=study, image=spec["image"], backend=site.backend, workload=spec["workload"],
                 job_meta=meta, job_args=stored_args, set_options=list(options), request=request_to_store(request),
                 submitted_by=submitted_by, submitted_by_token=submitted_by_token,
             )
@@ -88,7 +108,7 @@ def job_submit(
     except IntegrityError:
         existing = _resubmitted(site, job_id, job_args)
         if existing is None:
-            _refuse_workload_collision(site, job_id, spec.name)
+            _refuse_workload_collision(site, job_id, spec["workload"])
             raise
         return existing, False
     return job, True
@@ -104,9 +124,9 @@ def _refuse_workload_collision(site: Site, job_id: str, workload: str) -> None:
 
 
 def _prepare(*, site, job_id, role, job_meta, job_args, set_options, submitted_by_token, command=None):
-    """Check a submit and build its launch request (stored on the job) and spec (validation only:
-    the launch task prepares the stored request again with fresh study data). Returns (meta,
-    study, set options, the request, the spec)."""
+    """Check a submit and build its launch request (stored on the job); its host checks are
+    submit_check's (validation only: the launch task prepares the stored request again with fresh
+    study data). Returns (meta, study, set options, the request, submit_check's answer)."""
     nvflare.check_job_id(job_id)
     if role not in nvflare.ROLES:
         raise InvalidJobSpec("role", f"must be one of {', '.join(nvflare.ROLES)}")
@@ -131,12 +151,54 @@ def _prepare(*, site, job_id, role, job_meta, job_args, set_options, submitted_b
                 raise InvalidJobSpec(f"job_args.{name}", f"only for Kubernetes sites; site {site.name!r} uses "
                                                          f"{site.backend}: load FlareLauncherJobLauncher there")
 
-    backend = site_backend(site)
     request = JobRequest(
         site=site.name, job_pk="0", job_id=job_id, role=role, job_meta=meta, job_args=job_args or {},
-        set_options=options, study=study_runtime(site, study), byoc=bool(meta.get("byoc")), command=command,
+        set_options=options, study=study_runtime(site, study, check_sources=False), byoc=bool(meta.get("byoc")),
+        command=command,
     )
-    return meta, study, options, request, backend.prepare(request)
+    from jobs.tasks import submit_check_task  # tasks import the services
+
+    checked = engine_call(submit_check_task, site=site_ref(site), request=request_message(request),
+                          sealed_credentials=credentials_seal(split_credentials(dict(job_args or {}))[1]))
+    return meta, study, options, request, checked
+
+
+def submit_check(*, site: dict[str, Any], request: dict[str, Any], sealed_credentials: str) -> dict[str, str]:
+    """Where the site's host is (jobs.tasks.submit_check_task, or here): the study's dataset
+    sources, then the backend's prepare (workspace, job directory, binds, secret sources...). Plain
+    data in and out; returns what the job row keeps of the spec. Raises InvalidJobSpec naming the field."""
+    try:
+        credentials = credentials_unseal(sealed_credentials)
+    except SealBroken as exc:  # another SECRET_KEY on the worker: said, not a task failure
+        raise BackendError(str(exc)) from None
+    job_request = request_from_message(request, site=site["name"], credentials=credentials)
+    study_sources_check(site_of(site), job_request.study)
+    spec = backend_of(site).prepare(job_request)
+    return {"image": spec.image or "", "workload": spec.name}
+
+
+def request_message(request: JobRequest) -> dict[str, Any]:
+    """A request as plain data for submit_check: the stored form (no credentials) and the study's runtime."""
+    return {**request_to_store(request),
+            "study_runtime": dataclasses.asdict(request.study) if request.study else None}
+
+
+def request_from_message(data: dict[str, Any], *, site: str, credentials: dict[str, Any]) -> JobRequest:
+    study = data["study_runtime"]
+    if study is not None:
+        study = StudyRuntime(**{
+            **study,
+            "datasets": tuple(DatasetSpec(**d) for d in study["datasets"]),
+            "secret_env": tuple(SecretEnvRef(**ref) for ref in study["secret_env"]),
+            "secret_mounts": tuple(SecretMount(**{**m, "items": None if m["items"] is None else tuple(
+                tuple(item) for item in m["items"])}) for m in study["secret_mounts"]),
+        })
+    command = data["command"]
+    return JobRequest(
+        site=site, job_pk="0", job_id=data["job_id"], role=data["role"], job_meta=data["job_meta"],
+        job_args={**data["job_args"], **credentials}, set_options=tuple(data["set_options"]), study=study,
+        byoc=bool(data["byoc"]), command=tuple(command) if command is not None else None,
+    )
 
 
 def _resubmitted(site: Site, job_id: str, job_args: dict[str, Any]) -> Job | None:

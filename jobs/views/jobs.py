@@ -12,15 +12,15 @@ from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods
 
-from backends.base import BackendError, Handle, InvalidJobSpec
+from backends.base import BackendError, InvalidJobSpec
 from backends.logtail import cap_tail
 from jobs import forms, selectors
 from jobs.models import Job, State
 from jobs.payloads import job_payload
+from jobs.services import job_logs
 from jobs.services.audit import audit_request
 from jobs.services.cancellation import job_request_terminate
 from jobs.services.probe import probe_report
-from jobs.services.sites import site_backend
 from jobs.services.submission import job_submit
 from jobs.templatetags.launcher_ui import RETURN_CODES
 from jobs.views import job_list
@@ -132,7 +132,7 @@ def job_detail(request, pk):
     logs = cap_tail(job.logs_tail)
     if not job.is_terminal and job.handle:
         try:
-            logs = cap_tail(site_backend(job.site).logs(Handle(**job.handle), tail=200))
+            logs = cap_tail(job_logs.job_live_tail(job, 200))
         except BackendError as exc:
             logs = f"(logs unavailable: {exc})"
     return render_page(request, "jobs/job_detail.html", {
@@ -203,6 +203,8 @@ def job_launch(request, site):
                                     site=target))
         except InvalidJobSpec as exc:
             form.add_error(_launch_field(form, exc.field), exc.reason)
+        except BackendError as exc:  # the host checks could not run (no worker answered): nothing recorded
+            form.add_error(None, f"Not launched: {exc}")
         else:
             return redirect("job-detail", pk=job.pk)
     return render_page(request, "jobs/launch.html", {"form": form}, site=site, section="launch")

@@ -14,7 +14,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
-from backends.base import InvalidJobSpec
+from backends.base import BackendError, InvalidJobSpec
 from jobs import selectors
 from jobs.models import Job
 from jobs.services.audit import audit_request
@@ -78,6 +78,9 @@ def job_relaunch(request, pk):
                 site=job.site))
     except InvalidJobSpec as exc:  # the site's settings changed since: say what no longer passes
         messages.error(request, f"Cannot relaunch {job.job_id}: {exc.field}: {exc.reason}")
+        return redirect("job-detail", pk=job.pk)
+    except BackendError as exc:  # the host checks could not run (no worker answered): nothing recorded
+        messages.error(request, f"Cannot relaunch {job.job_id} now: {exc}")
         return redirect("job-detail", pk=job.pk)
     messages.success(request, f"Relaunched {job.job_id} as {new_id}.")
     return redirect("job-detail", pk=new.pk)

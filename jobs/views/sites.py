@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.shortcuts import redirect
 from django.urls import reverse
@@ -12,7 +12,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from backends.base import BackendError, InvalidJobSpec
 from jobs import forms, selectors
-from jobs.forms_checks import apply_form
+from jobs.forms_checks import Incomplete, apply_form
 from jobs.models import ACTIVE
 from jobs.services import catalog, site_checks
 from jobs.services.audit import audit_request
@@ -28,11 +28,13 @@ def site_settings(request, site):
     site = get_site(request, site, "admin")
     form = forms.SiteSettingsForm(request.POST or None, site=site, staff=request.user.is_staff)
     if request.method == "POST":
-        was, warnings, before = site.name, [], site_checks.snapshot(site)
+        was, before = site.name, site_checks.snapshot(site)
+        found = _engine_findings(form, lambda: catalog.site_update(site=site, actor=request.user, save=False,
+                                                                   **form.changes()), actor=request.user, before=before)
 
         def save():
             saved = catalog.site_update(site=site, actor=request.user, **form.changes())
-            warnings[:] = site_checks.check_site_save(saved, actor=request.user, before=before)  # all, named
+            found.raise_errors()  # all, named; nothing written
             audit_request(request, "site.update", f"site:{saved.name}", {"changes": form.changes(), "was": was},
                           site=saved)
             return saved
@@ -47,11 +49,24 @@ def site_settings(request, site):
                                 site=site, section="settings")
         if done:
             messages.success(request, "Site settings saved.")
-            for warning in warnings:
+            for warning in found.warnings:
                 messages.warning(request, warning)
             return redirect("site-settings", site=done.name)
         site.refresh_from_db()  # the service changed the instance before refusing
     return _settings_page(request, site, form)
+
+
+def _engine_findings(form, unsaved, **kwargs) -> site_checks.SiteFindings:
+    """A save's engine checks, run BEFORE apply_form's transaction (on SQLite an open transaction
+    holds the write lock while the engine answers) on the site `unsaved()` builds (the catalog,
+    save=False). Nothing to judge when the catalog or the form refuse the values: the save's own
+    call of the catalog then says why, as before."""
+    form.is_valid()  # the values the save will get (apply_form's dry run too, when fields failed)
+    try:
+        site = unsaved()
+    except (ValidationError, Incomplete):
+        return site_checks.SiteFindings()
+    return site_checks.save_findings(site, **kwargs)
 
 
 def _risks(site, form) -> list[str]:
@@ -113,18 +128,19 @@ def site_create(request):
         raise PermissionDenied("Only staff create sites.")
     form = forms.SiteSettingsForm(request.POST or None)
     if request.method == "POST":
-        warnings = []
+        found = _engine_findings(form, lambda: catalog.site_create(actor=request.user, save=False, **form.changes()),
+                                 actor=request.user)
 
         def create():
             changes = form.changes()
             created = catalog.site_create(actor=request.user, **changes)
-            warnings[:] = site_checks.check_site_save(created, actor=request.user)
+            found.raise_errors()
             audit_request(request, "site.create", f"site:{created.name}", {"changes": changes}, site=created)
             return created
 
         site = apply_form(form, create, field_map=form.field_map())
         if site:
-            for warning in warnings:
+            for warning in found.warnings:
                 messages.warning(request, warning)
             return redirect("site-settings", site=site.name)
     return render_page(request, "jobs/site_create.html", {"form": form})
@@ -158,6 +174,8 @@ def site_probe_run(request, site):
         except InvalidJobSpec as exc:
             probe_form.add_error("image" if "image" in exc.field or "launcher_spec" in exc.field else None,
                                  f"{exc.field}: {exc.reason}")
+        except BackendError as exc:  # the host checks could not run (no worker answered): nothing recorded
+            probe_form.add_error(None, f"Not launched: {exc}")
         else:
             return redirect("job-detail", pk=job.pk)
     return _settings_page(request, site, forms.SiteSettingsForm(site=site, staff=request.user.is_staff),

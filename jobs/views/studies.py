@@ -11,6 +11,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
+from backends.base import BackendError
 from jobs import forms, selectors
 from jobs.forms_checks import apply_form
 from jobs.services import catalog, study_files
@@ -56,10 +57,11 @@ def study_detail(request, site, study):
         get_site(request, site.name, "admin")
         if request.POST.get("action") == "dataset":
             dataset_form = forms.DatasetForm(request.POST, auto_id="dataset-%s")
+            checked = _source_checked(dataset_form, site)
 
             def add():
                 values = dataset_form.values()
-                catalog.dataset_create(study=study, **values)
+                catalog.dataset_create(study=study, checked=checked, **values)
                 audit_request(request, "dataset.create", f"site:{site.name}/study:{study.name}/dataset:"
                               f"{values['name']}", {"changes": values}, site=site)
                 return values["name"]
@@ -115,11 +117,13 @@ def dataset_edit(request, site, study, dataset):
     form = forms.DatasetForm(request.POST or None, initial={"name": dataset.name, "source": dataset.source,
                                                             "mode": dataset.mode})
     if request.method == "POST":
+        checked = _source_checked(form, site)
+
         def save():
             values = form.values()
             audit_request(request, "dataset.update", f"site:{site.name}/study:{study.name}/dataset:{dataset.name}",
                           {"changes": values}, site=site)
-            return catalog.dataset_update(dataset=dataset, **values)
+            return catalog.dataset_update(dataset=dataset, checked=checked, **values)
 
         if apply_form(form, save):
             messages.success(request, "Dataset saved.")
@@ -127,6 +131,17 @@ def dataset_edit(request, site, study, dataset):
         dataset.refresh_from_db()
     return render_page(request, "jobs/dataset_edit.html", {"study": study, "dataset": dataset, "form": form},
                        site=site, section="studies")
+
+
+def _source_checked(form, site) -> dict[str, str | None]:
+    """The form's source checked where the site's data is (a worker), before apply_form's transaction.
+    No answer is the source's inline error: nothing is saved, and the dry run asks nobody again."""
+    form.is_valid()
+    source = form.values().get("source") or ""
+    try:
+        return catalog.dataset_sources_check(site, [source])
+    except BackendError as exc:
+        return {source: f"Could not check this source: {exc}."}
 
 
 @login_required
@@ -168,6 +183,8 @@ def study_data_import(request, site):
             preview = study_data_preview(site=site, text=text)
         except study_files.StudyFileError as exc:
             form.add_error("text", str(exc))
+        except BackendError as exc:  # the dataset sources' check found no worker: nothing imported
+            form.add_error("text", f"Could not check the dataset sources: {exc}.")
         except ValidationError as exc:
             for key, errors in forms.validation_errors(exc).items():
                 for error in errors:
