@@ -275,7 +275,7 @@ class Observation:
     does not by itself change the state.
     """
 
-    ref: str
+    ref: str  # the workload's name, as its Handle.ref: recording an observation adopts it as the job's handle
     state: JobState
     job_pk: str | None = None  # from the workload's labels
     kind: str = "state"

@@ -33,7 +33,7 @@ from django.conf import settings
 from jobs import events, selectors
 from jobs.models import Job, Site
 from jobs.payloads import dumps, loads, updates_text
-from jobs.services import resume
+from jobs.services import resume, runtime_facts
 from jobs.services.socket_access import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED, socket_access
 
 CLOSE_UNCHECKED = 1011  # access could not be checked again (database down)
@@ -51,6 +51,7 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
         self.resumed = False
         self.answered = False  # the resume handshake has been answered
         self.heartbeat: asyncio.Task | None = None
+        self.counted = False  # in this process's websocket clients (/metrics)
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self._refuse(CLOSE_UNAUTHENTICATED)
@@ -66,6 +67,8 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
         self.heartbeat = asyncio.create_task(self._beat())
+        self.counted = True
+        await runtime_facts.websocket_client_changed(+1)
 
     @classmethod
     async def encode_json(cls, content) -> str:  # send_json (heartbeats, snapshots, log lines)
@@ -88,6 +91,9 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
         raise NotImplementedError
 
     async def disconnect(self, code):
+        if getattr(self, "counted", False):
+            self.counted = False
+            await runtime_facts.websocket_client_changed(-1)
         if self.heartbeat is not None:
             self.heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -173,6 +179,7 @@ class _ForwardingConsumer(AsyncJsonWebsocketConsumer):
                     return
                 await self._catch_up()
                 await self.send_json(self._heartbeat())
+                await runtime_facts.websocket_clients_beat()
 
     async def _revoke(self, code: int) -> None:
         group, self.group = self.group, None  # dispatch() drops what is already queued for it

@@ -178,6 +178,9 @@ class Job(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # When the engine says the workload ended (its own clock), kept beside finished_at (when it was
+    # recorded and published) for the exit -> publish latency of /metrics. NULL: no engine time.
+    exited_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Set when someone asks to terminate: an exit observed afterwards counts as aborted (9).
     terminate_requested_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -372,3 +375,7 @@ class JobLog(models.Model):
     size = models.BigIntegerField(default=0)  # bytes the job printed
     cut = models.BigIntegerField(default=0)  # bytes left out in the middle
     saved_at = models.DateTimeField(auto_now=True)
+
+
+# Runtime facts for /metrics, in their own module (jobs.runtime_models); imported to register them.
+from jobs.runtime_models import BackendErrorCount, ProcessGauge, ReconcileStats  # noqa: E402, F401

@@ -23,13 +23,14 @@ from django.db import IntegrityError, close_old_connections, connection, transac
 from django.db.models import Q
 from django.utils import timezone
 
-from backends.logtail import without_cut_mark
 from backends.base import BackendError, Handle, JobState
+from backends.logtail import without_cut_mark
 from jobs import events
 from jobs.models import Job, Site, WatcherLease
 from jobs.services.launching import job_apply_observation
 from jobs.services.progress import ProgressFeed
 from jobs.services.reconciliation import site_reconcile
+from jobs.services.runtime_facts import backend_error_recorded
 from jobs.services.site_health import site_health_connected, site_health_disconnected
 from jobs.services.sites import site_backend
 from jobs.services.usage import UsageFeed
@@ -116,13 +117,17 @@ class LogFollower(threading.Thread):
         while not self.stop.is_set():
             try:
                 current = without_cut_mark(self.backend.logs(self.handle, tail=tail).splitlines())
-            except BackendError:
+            except BackendError as exc:
+                backend_error_recorded(exc, operation="logs", site_name=self.site_name)  # /metrics
                 current = previous
             fresh = new_lines(previous, current)
             previous = current
             events.publish_log_lines(self.job_pk, self.site_name, fresh)
             progress.feed(fresh)
             self.usage.tick()
+            # Whatever this pass wrote (progress, usage, an error count), its pooled connection goes
+            # back now: 20 followers holding one each starve the watcher's lanes (LAUNCHER_DB_POOL_SIZE 10).
+            connection.close()
             self.stop.wait(LOG_POLL_SECONDS)
 
 
@@ -190,9 +195,11 @@ class SiteWatcher(threading.Thread):
                     self._stream_once()
                 except BackendError as exc:
                     log.warning("watcher %s: %s; reconnecting in ~%.1fs", self.site_name, exc, backoff)
+                    backend_error_recorded(exc, operation="watch", site_pk=self.site_pk)  # /metrics
                     site_health_disconnected(site_pk=self.site_pk, error=str(exc))
                 except Exception as exc:
                     log.exception("watcher %s failed; reconnecting in ~%.1fs", self.site_name, backoff)
+                    backend_error_recorded(exc, operation="watch", site_pk=self.site_pk)
                     site_health_disconnected(site_pk=self.site_pk, error=f"watcher failed: {exc!r}")
                 finally:
                     if self.connected.is_set():

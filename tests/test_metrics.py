@@ -12,7 +12,17 @@ from django.db.models import F
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobs.models import Job, JobEvent, OrphanWorkload, Site, WatcherLease
+from jobs.models import (
+    BackendErrorCount,
+    Job,
+    JobEvent,
+    OrphanWorkload,
+    ProcessGauge,
+    ReconcileStats,
+    Site,
+    SiteHealth,
+    WatcherLease,
+)
 from jobs.services.lifecycle import job_create, job_observe, verdict
 
 TOKEN = "metrics-token-0123456789"
@@ -141,21 +151,31 @@ def test_scrape_cost_with_10k_jobs(client, token, django_assert_max_num_queries)
     # Half of them inside the window, half long before it.
     jobs = list(Job.objects.values_list("pk", "state"))
     Job.objects.filter(pk__in=[pk for pk, _ in jobs[::2]]).update(created_at=now - timedelta(days=2))
-    Job.objects.exclude(state="running").update(started_at=now, finished_at=now)
+    Job.objects.exclude(state="running").update(started_at=now, finished_at=now, exited_at=now - timedelta(seconds=0.3))
     Job.objects.filter(state="running").update(started_at=now)
     JobEvent.objects.bulk_create(
         [JobEvent(job_id=pk, from_state="", to_state="queued", source="api") for pk, _ in jobs]
         + [JobEvent(job_id=pk, from_state="queued", to_state="starting", source="worker") for pk, _ in jobs]
         + [JobEvent(job_id=pk, from_state="starting", to_state=state, source="watcher") for pk, state in jobs])
+    for site in sites:  # the runtime facts every site has after a while
+        ReconcileStats.objects.create(site=site, runs=100, seconds_total=3.0, last_seconds=0.03, last_drift=0, last_at=now)
+        for operation in ("watch", "reconcile", "logs"):
+            BackendErrorCount.objects.create(site=site, operation=operation, reason="engine_unreachable", count=3,
+                                             last_at=now)
+    ProcessGauge.objects.bulk_create(ProcessGauge(name="websocket_clients", process=f"h:{n}", value=10, updated_at=now)
+                                     for n in range(4))
     scrape(client)  # warm
     timings = []
     for _ in range(5):
-        with django_assert_max_num_queries(4):  # per scrape
+        with django_assert_max_num_queries(7):  # per scrape
             started = time.perf_counter()
             s = scrape(client)
             timings.append(time.perf_counter() - started)
     assert sum(value(s, "flare_launcher_jobs", site=f"site-{n}", state=st) for n in range(5) for st in states) == 10_000
     assert value(s, "flare_launcher_launch_seconds_gcount", site="site-0") == 1000
+    assert value(s, "flare_launcher_exit_to_publish_seconds_gcount", site="site-0", source="watcher") == 2000
+    assert value(s, "flare_launcher_websocket_clients") == 40
+    assert value(s, "flare_launcher_reconcile_seconds_count", site="site-4") == 100
     median = sorted(timings)[2]
     print(f"\nscrape with 10k jobs / 30k events (5k in window): median {median * 1000:.1f} ms, "
           f"max {max(timings) * 1000:.1f} ms")
@@ -168,9 +188,18 @@ def test_grafana_dashboard_uses_only_series_the_endpoint_has(client, token):
     import re
     from pathlib import Path
 
+    from backends.base import EngineUnreachable
+    from jobs.services.runtime_facts import backend_error_recorded, reconcile_recorded, websocket_clients
+
     site = Site.objects.create(name="site-1")
-    _job(site, "ok", "starting", "running", "failed", reason="OOMKilled")
+    job = _job(site, "ok", "starting", "running", "failed", reason="OOMKilled")
+    Job.objects.filter(pk=job.pk).update(exited_at=F("finished_at") - timedelta(seconds=1))
     WatcherLease.objects.create(site=site, owner="h:1:a", expires_at=timezone.now() + timedelta(seconds=30))
+    SiteHealth.objects.create(site=site, watcher_connected_at=timezone.now())
+    reconcile_recorded(site_pk=site.pk, seconds=0.2, drift=1)
+    backend_error_recorded(EngineUnreachable("Docker daemon at x: connection refused"), operation="watch",
+                           site_pk=site.pk)
+    websocket_clients.write()
     exposed = {name for name, _ in scrape(client)}
     dashboard = json.loads((Path(__file__).parent.parent / "deploy/grafana/flare-launcher.json").read_text())
     used = {name for panel in dashboard["panels"] for target in panel["targets"]

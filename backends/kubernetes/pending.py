@@ -171,9 +171,10 @@ def pod_observation(pod: Mapping[str, Any]) -> Observation:
     terminated = ((main or {}).get("state") or {}).get("terminated") or {}
     waiting = ((main or {}).get("state") or {}).get("waiting") or {}
     exit_code = terminated.get("exitCode")
+    at = pod_time(terminated.get("finishedAt"))  # the exit's own time (exit -> publish latency)
     if phase == "Succeeded":
         return Observation(ref=name, job_pk=job_pk, state=JobState.SUCCEEDED, exit_code=exit_code,
-                           return_code=ReturnCode.SUCCESS, reason=terminated.get("reason") or "Completed")
+                           return_code=ReturnCode.SUCCESS, reason=terminated.get("reason") or "Completed", at=at)
     if phase == "Failed":
         code = exit_code if exit_code in (101, 102, 103) else ReturnCode.ABORTED
         reason = terminated.get("reason") or status.get("reason") or "Failed"
@@ -181,7 +182,7 @@ def pod_observation(pod: Mapping[str, Any]) -> Observation:
         if reason == "OOMKilled":  # its own reason, said plainly: the pod's memory limit was exceeded
             message = f"out of memory: the main container exceeded its memory limit (exit code {exit_code})"
         return Observation(ref=name, job_pk=job_pk, state=JobState.FAILED, exit_code=exit_code,
-                           return_code=int(code), reason=reason, message=message)
+                           return_code=int(code), reason=reason, message=message, at=at)
     if phase == "Running":
         return Observation(ref=name, job_pk=job_pk, state=JobState.RUNNING)
     return Observation(ref=name, job_pk=job_pk, state=JobState.STARTING, reason=waiting.get("reason") or phase,

@@ -17,11 +17,20 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 
-from backends.base import BackendError, Handle, InvalidJobSpec, JobState, Observation, ReturnCode
+from backends.base import (
+    BackendError,
+    Handle,
+    InvalidJobSpec,
+    JobState,
+    LaunchSpec,
+    Observation,
+    ReturnCode,
+)
 from jobs.models import Job
 from jobs.services.job_logs import job_log_save
 from jobs.services.lifecycle import job_note, job_observe, verdict
 from jobs.services.requests import request_to_launch
+from jobs.services.runtime_facts import backend_error_recorded
 from jobs.services.sites import site_backend
 
 log = logging.getLogger(__name__)
@@ -45,10 +54,18 @@ def job_launch(*, job_pk: int, credentials: dict[str, Any]) -> Job | None:
         spec = backend.prepare(request_to_launch(job, credentials=credentials))
         handle = backend.launch(spec)
     except BackendError as exc:
-        if exc.retryable:
+        if exc.retryable:  # retried by the task: counted for /metrics, the job goes on
+            backend_error_recorded(exc, operation="launch", site_pk=job.site_id)
             raise
         job, _ = job_observe(job, launch_failed(exc), source="worker")
         return job
+    return launch_record(job, backend, spec, handle)
+
+
+def launch_record(job: Job, backend, spec: LaunchSpec, handle: Handle) -> Job:
+    """Record a workload this launch created or adopted. The watcher may have recorded it running
+    (with its handle) already: "created" is then a backward move that only fills in the spec and
+    image, so the state never goes back to starting."""
     created = Observation(ref=handle.ref, state=JobState.STARTING, message=f"{backend.kind} workload {handle.ref} created")
     job, _ = job_observe(job, created, source="worker", launched=spec)
     if job.is_terminal:  # terminated (or lost) while we were launching: do not leave it running
@@ -102,7 +119,8 @@ def job_apply_observation(
     job, _ = job_observe(job, observation, source=source)
     if observation.kind != "state":
         return job
-    if job.is_terminal and job.handle and observation.state.is_terminal and observation.state is not JobState.LOST:
+    if job.is_terminal and job.handle and observation.state.is_terminal and observation.state is not JobState.LOST \
+            and observation.ref in ("", job.handle.get("ref")):  # never finish on another workload's exit
         # The state is recorded (and pushed) first; reading the logs tail is an engine call that
         # must not delay it. The tail is saved next, then the workload is removed.
         handle, job_pk, save_tail = Handle(**job.handle), job.pk, not job.logs_tail

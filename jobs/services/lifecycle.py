@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from datetime import datetime
+from datetime import timezone as dt_timezone
 from typing import Any
 
 from django.conf import settings
@@ -100,8 +102,10 @@ def job_observe(
     channel-layer groups. Duplicate, backward or post-terminal observations change nothing (apart from
     filling in a missing handle/spec/logs tail). An observation of kind "event" is a note (job_note).
     `launched`: the spec the workload was launched from (kept, credentials redacted, with its image).
-    A workload seen before its launch was recorded (a worker killed mid-launch) is adopted through
-    the observation's ref, so that terminate, logs and cleanup can still reach it.
+    A workload seen before its launch was recorded (the watcher saw it start before the launch task
+    saved its handle, or a worker killed mid-launch) is adopted through the observation's ref, so
+    that terminate, logs and the log follower reach it from its first recorded state. An observation
+    of a workload that is not the job's (_own_workload) changes nothing.
     Row-locked (SELECT ... FOR UPDATE on PostgreSQL; SQLite's immediate transactions serialise
     writers), so two writers cannot interleave. Safe to call from any thread or process. Sources:
     api, worker, watcher, reconcile (admin for manual fixes). Raises Job.DoesNotExist, ValueError.
@@ -115,6 +119,8 @@ def job_observe(
     with transaction.atomic():  # SQLite: an IMMEDIATE transaction, which serialises writers like the row lock
         job = _locked(job)
         current = JobState(job.state)
+        if not _own_workload(job, observation.ref, launched):
+            return job, False
         handle = Handle(job.backend or job.site.backend, observation.ref).as_dict() if observation.ref else None
         dirty = _fill_missing(job, handle=handle, logs_tail=logs_tail,
                               spec=launched.redacted() if launched else None, image=launched.image if launched else None)
@@ -143,6 +149,7 @@ def job_observe(
             job.started_at = job.started_at or now
         if new.is_terminal:
             job.finished_at = now
+            job.exited_at = _engine_time(observation.at)  # for the exit -> publish latency (/metrics)
             job.return_code = int(return_code if return_code is not None else DEFAULT_RETURN_CODE[new])
             job.exit_code = observation.exit_code
             if logs_tail is not None:
@@ -225,6 +232,16 @@ def _default_message(state: JobState, return_code: int | None, reason: str) -> s
     return f"{text}: {reason}" if reason else text
 
 
+def _engine_time(at: float | None):
+    """An Observation's engine timestamp (epoch seconds) as a datetime; None when it has none."""
+    if at is None:
+        return None
+    try:
+        return datetime.fromtimestamp(float(at), tz=dt_timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
 def _check_source(source: str) -> None:
     if source not in EventSource.values:
         raise ValueError(f"unknown event source {source!r}; expected one of {', '.join(EventSource.values)}")
@@ -241,6 +258,17 @@ def _kept_tail(logs: str | None) -> str | None:
     if not logs:
         return logs
     return cap_tail(logs, lines=settings.LAUNCHER_LOGS_TAIL_LINES or None, final_newline=False)
+
+
+def _own_workload(job: Job, ref: str, launched: LaunchSpec | None) -> bool:
+    """Whether an observation is of this job's workload: the one its handle names, else the name
+    recorded at submit (Job.workload, unique per site). Another name carrying the job's label (a
+    leftover of an earlier launch, a copied label) must neither move the state nor become the
+    handle. A verdict (no ref) and the launching worker's own report (`launched`) always are."""
+    if not ref or launched is not None:
+        return True
+    own = (job.handle or {}).get("ref") or job.workload
+    return not own or ref == own
 
 
 def _fill_missing(job: Job, **values: Any) -> bool:

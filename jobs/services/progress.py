@@ -20,7 +20,6 @@ import logging
 import os
 from collections.abc import Iterable
 
-from django.db import connection
 from django.utils import timezone
 
 from backends.progress import (
@@ -101,9 +100,8 @@ class ProgressFeed:
     Holds the fold between batches (a banner split across two reads still counts); the row stays
     the record, and a new feed starts from it."""
 
-    def __init__(self, job_pk: int, *, close_connection: bool = True):
+    def __init__(self, job_pk: int):
         self.job_pk = job_pk
-        self.close_connection = close_connection  # a follower thread must not keep a connection open
         self.job = None
         self.fold: Progress | None = None
         self.stored: dict | None = None
@@ -120,9 +118,6 @@ class ProgressFeed:
         except Exception:
             log.exception("could not record the progress of job %s", self.job_pk)
             return None
-        finally:
-            if self.close_connection:
-                connection.close()
 
     def _feed(self, lines: list[str]) -> dict | None:
         from jobs.models import Job

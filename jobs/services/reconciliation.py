@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from backends.base import BackendError, Handle, JobState
@@ -10,6 +11,7 @@ from jobs.models import ACTIVE, Job, OrphanWorkload, Site
 from jobs.services.job_logs import job_log_save
 from jobs.services.launching import job_apply_observation
 from jobs.services.lifecycle import job_note, job_observe, verdict
+from jobs.services.runtime_facts import backend_error_recorded, reconcile_recorded
 from jobs.services.sites import site_backend
 
 log = logging.getLogger(__name__)
@@ -27,11 +29,15 @@ def site_reconcile(*, site: Site) -> ReconcileReport:
     """_site_reconcile, its outcome recorded for the site's health (jobs.services.site_health)."""
     from jobs.services.site_health import site_health_reconciled
 
+    started = time.monotonic()  # duration, drift and errors for /metrics (jobs.services.runtime_facts)
     try:
         report = _site_reconcile(site=site)
     except BackendError as exc:
+        reconcile_recorded(site_pk=site.pk, seconds=time.monotonic() - started, drift=None)
+        backend_error_recorded(exc, operation="reconcile", site_pk=site.pk)
         site_health_reconciled(site_pk=site.pk, error=str(exc))
         raise
+    reconcile_recorded(site_pk=site.pk, seconds=time.monotonic() - started, drift=len(report.changed))
     site_health_reconciled(site_pk=site.pk, report=report)
     return report
 
@@ -104,7 +110,8 @@ def _settle_leftover(backend, job: Job, observation) -> None:
         if not observation.state.is_terminal:
             backend.terminate(handle)
         backend.cleanup(handle)
-    except BackendError:
+    except BackendError as exc:
+        backend_error_recorded(exc, operation="cleanup", site_pk=job.site_id)
         log.warning("could not remove leftover %s of finished job %s", observation.ref, job.job_id, exc_info=True)
 
 

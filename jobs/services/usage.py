@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from backends.base import BackendError, Handle
@@ -118,12 +117,6 @@ class UsageFeed:
                 job_note(self.job_pk, source="watcher", usage=usage)
             except Exception:  # a missed sample is harmless; the next one comes in `interval`
                 log.exception("could not record the usage of job %s", self.job_pk)
-            finally:
-                # A follower thread must not keep a pooled connection between samples: 20 followers
-                # holding one each starve the watcher's lanes (LAUNCHER_DB_POOL_SIZE is 10). Never inside
-                # a caller's transaction (a test's), which closing would break.
-                if not connection.in_atomic_block:
-                    connection.close()
         return usage
 
     def sample(self) -> dict[str, Any] | None:

@@ -58,7 +58,7 @@ def deploy_config(workspace: Path, job_id: str) -> None:
 def test_feeding_real_output_records_progress_and_writes_only_on_change(site, django_capture_on_commit_callbacks):
     job = make_job(site)
     events_before = JobEvent.objects.filter(job=job).count()
-    feed = ProgressFeed(job.pk, close_connection=False)
+    feed = ProgressFeed(job.pk)
     with django_capture_on_commit_callbacks(execute=False) as pushes:
         written = [feed.feed([line]) for line in lines("poc_sag_server.log")]
     written = [w for w in written if w is not None]
@@ -72,13 +72,13 @@ def test_feeding_real_output_records_progress_and_writes_only_on_change(site, dj
     assert job.progress["last_aggregation_at"] and job.progress["updated_at"].endswith("Z")
     assert JobEvent.objects.filter(job=job).count() == events_before  # no timeline noise
     # The same output again (a restarted follower reads the tail again): nothing to write.
-    again = ProgressFeed(job.pk, close_connection=False)
+    again = ProgressFeed(job.pk)
     assert again.feed(lines("poc_sag_server.log")) is None
 
 
 def test_last_aggregation_time_is_kept_until_a_new_aggregation(site):
     job = make_job(site)
-    feed = ProgressFeed(job.pk, close_connection=False)
+    feed = ProgressFeed(job.pk)
     text = lines("sim_fedavg_server.log")
     first_round_end = next(i for i, line in enumerate(text) if "Aggregated 2/2" in line)
     feed.feed(text[:first_round_end + 1])
@@ -94,7 +94,7 @@ def test_last_aggregation_time_is_kept_until_a_new_aggregation(site):
 def test_total_comes_from_the_deployed_server_config(site, workspace):
     deploy_config(workspace, "j1")
     server = make_job(site, "j1")
-    ProgressFeed(server.pk, close_connection=False).feed(lines("sim_fedavg_server.log"))
+    ProgressFeed(server.pk).feed(lines("sim_fedavg_server.log"))
     server.refresh_from_db()
     assert (server.progress["round"], server.progress["total_rounds"], server.progress["finished"]) == (2, 3, True)
 
@@ -103,7 +103,7 @@ def test_a_kubernetes_job_reads_no_host_file(db, workspace):
     site = Site.objects.create(name="k8s-1", backend="kubernetes", kubernetes={"workspace": str(workspace)})
     deploy_config(workspace, "j1")
     job = make_job(site, "j1")
-    ProgressFeed(job.pk, close_connection=False).feed(lines("sim_fedavg_server.log"))
+    ProgressFeed(job.pk).feed(lines("sim_fedavg_server.log"))
     job.refresh_from_db()
     assert job.progress["round"] == 2 and job.progress["total_rounds"] is None
 
@@ -111,20 +111,20 @@ def test_a_kubernetes_job_reads_no_host_file(db, workspace):
 def test_a_client_job_printing_server_lines_gets_no_server_progress(site, workspace):
     deploy_config(workspace, "c1")
     client = make_job(site, "c1", role="client")
-    assert ProgressFeed(client.pk, close_connection=False).feed(lines("poc_sag_server.log")) is None
+    assert ProgressFeed(client.pk).feed(lines("poc_sag_server.log")) is None
     client.refresh_from_db()
     assert client.progress is None
-    ProgressFeed(client.pk, close_connection=False).feed(lines("poc_sag_client_site1.log"))
+    ProgressFeed(client.pk).feed(lines("poc_sag_client_site1.log"))
     client.refresh_from_db()
     assert (client.progress["round"], client.progress["total_rounds"], client.progress["aggregation_round"]) == (
         2, 3, None)
 
 
 def test_a_feed_never_raises(site):
-    assert ProgressFeed(10**9, close_connection=False).feed(lines("poc_sag_server.log")) is None  # no such job
+    assert ProgressFeed(10**9).feed(lines("poc_sag_server.log")) is None  # no such job
     job = make_job(site)
     Job.objects.filter(pk=job.pk).update(progress={"round": "x", "total_rounds": [1]})  # a damaged row
-    assert ProgressFeed(job.pk, close_connection=False).feed(lines("poc_sag_server.log"))["round"] == 2
+    assert ProgressFeed(job.pk).feed(lines("poc_sag_server.log"))["round"] == 2
 
 
 def test_the_saved_tail_records_progress_at_exit(site):
@@ -144,7 +144,7 @@ def test_the_saved_tail_records_progress_at_exit(site):
 
 def test_the_tail_keeps_what_was_seen_live(site):
     job = make_job(site)
-    ProgressFeed(job.pk, close_connection=False).feed(lines("poc_sag_server.log"))
+    ProgressFeed(job.pk).feed(lines("poc_sag_server.log"))
     job.refresh_from_db()
     live = job.progress
     job_observe(job.pk, verdict("succeeded", return_code=0), source="watcher")
@@ -161,7 +161,7 @@ async def test_a_progress_change_is_pushed_as_a_job_update(workspace):
     layer = get_channel_layer()
     channel = await layer.new_channel()
     await layer.group_add(events.job_group(job.pk), channel)
-    feed = ProgressFeed(job.pk, close_connection=False)
+    feed = ProgressFeed(job.pk)
     await sync_to_async(feed.feed)(lines("poc_sag_server.log")[:30])
     message = await asyncio.wait_for(layer.receive(channel), timeout=5)
     frame = json.loads(message["text"])
@@ -171,7 +171,7 @@ async def test_a_progress_change_is_pushed_as_a_job_update(workspace):
 
 def test_the_api_shows_progress_as_its_schema_declares(site, users):
     job = make_job(site)
-    ProgressFeed(job.pk, close_connection=False).feed(lines("sim_fedavg_server.log"))
+    ProgressFeed(job.pk).feed(lines("sim_fedavg_server.log"))
     fresh = make_job(site, "j2")
     client = APIClient()
     client.force_login(users["viewer"])
@@ -207,7 +207,7 @@ def json_schema(node):
 
 def test_the_job_page_shows_progress_as_text(site, users, client):
     job = make_job(site)
-    ProgressFeed(job.pk, close_connection=False).feed(lines("poc_sag_server.log")[:60])
+    ProgressFeed(job.pk).feed(lines("poc_sag_server.log")[:60])
     client.force_login(users["viewer"])
     page = client.get(f"/jobs/{job.pk}/").content.decode()
     assert "Round 2" in page and "last aggregation" in page and "(2 updates)" in page
