@@ -30,6 +30,7 @@ services:
 	bash scripts/test-services.sh
 	bash tests/images/build.sh
 	bash tests/images/build_nvflare.sh
+	bash tests/images/build_compose.sh
 
 test: $(VENV)/.dev services
 	mkdir -p $(TEST_OUTPUT)

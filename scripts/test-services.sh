@@ -4,7 +4,7 @@
 set -euo pipefail
 
 REDIS_PORT=${LAUNCHER_TEST_REDIS_PORT:-6391}
-PACKAGES=(docker.io busybox-static redis-server postgresql chromium)
+PACKAGES=(docker.io docker-compose busybox-static redis-server postgresql chromium debootstrap)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -44,6 +44,11 @@ def test_compose_secrets_script_makes_private_files_whose_urls_carry_the_passwor
     assert (secrets_dir / "postgres_password").read_text().strip() in (secrets_dir / "database_url").read_text()
     for path in secrets_dir.iterdir():
         assert path.stat().st_mode & 0o077 == 0, path
+    # Compose bind-mounts them as they are: the app's run as the image's uid 10001, the passwords as root.
+    owners = {path.name: path.stat().st_uid for path in secrets_dir.iterdir()}
+    if os.geteuid() == 0:
+        assert owners == {"django_secret_key": 10001, "database_url": 10001, "redis_url": 10001,
+                          "postgres_password": 0, "redis_password": 0}
 
 
 def test_kubernetes_manifests_have_probes_rbac_and_websocket_ingress():
