@@ -169,9 +169,10 @@ class ProcessBackend(Backend):
             if any("\0" in key or "\0" in value for key, value in env.items()):
                 raise ValueError("embedded null byte in the job environment")
             # The runner keeps our user, so it must not run with the job's environment (PYTHONPATH,
-            # LD_PRELOAD...): isolated python, a bare env, and the job's env over a pipe for the child.
+            # LD_PRELOAD...): isolated python, no site-packages (.pth files run code; the runner needs only
+            # the standard library, and starts a few ms sooner), a bare env, the job's env over a pipe.
             runner = subprocess.Popen(
-                [sys.executable, "-I", RUNNER, "--user", f"{uid}:{gid}", state_path, self._log_path(spec.name),
+                [sys.executable, "-I", "-S", RUNNER, "--user", f"{uid}:{gid}", state_path, self._log_path(spec.name),
                  "--", *spec.command],
                 cwd=spec.workdir, env={"PATH": SAFE_PATH}, start_new_session=True,
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

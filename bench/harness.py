@@ -148,3 +148,32 @@ def _with_children(pids: list[int]) -> Iterator[int]:
         with contextlib.suppress(FileNotFoundError):
             for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
                 yield from _with_children([int(child)])
+
+
+@contextlib.contextmanager
+def throwaway_database(prefix: str) -> Iterator[str]:
+    """A fresh PostgreSQL database `<prefix>_<random>` on BENCH_PG, dropped on exit; yields its URL."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    subprocess.run(["psql", f"{PG}/postgres", "-qc", f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    try:
+        yield f"{PG}/{name}"
+    finally:
+        subprocess.run(["psql", f"{PG}/postgres", "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
+                       capture_output=True)
+
+
+def stop_processes(procs: list[subprocess.Popen], timeout: float = 20) -> None:
+    """SIGINT each process (its own session's group when it leads one), then kill what is left."""
+    import signal
+
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT) if os.getpgid(proc.pid) == proc.pid else proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL) if os.getpgid(proc.pid) == proc.pid else proc.kill()
+            proc.wait(10)

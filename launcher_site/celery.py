@@ -3,7 +3,7 @@
 import os
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import task_postrun, task_prerun, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "launcher_site.settings")
 
@@ -26,6 +26,21 @@ def broker_redelivery(sender, **kwargs):
         "unacked_restore_throttle": 1,
         **(sender.conf.broker_transport_options or {}),
     }
+
+
+def connections_back_to_pool(**kwargs):
+    # With CELERY_DB_REUSE_MAX (settings) the fixup no longer closes connections around a task: give
+    # the connection back to the pool (a broken one is dropped), as Django does after a request. Not
+    # a connection inside its caller's transaction (a task applied in a test's): that is the caller's.
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
+
+
+task_prerun.connect(connections_back_to_pool)
+task_postrun.connect(connections_back_to_pool)
 
 
 @worker_ready.connect
