@@ -149,7 +149,8 @@ def main() -> None:
         expected = len(plan) * args.clients
         print(f"\nfan-out: {args.clients} clients on {len(stack.urls)} web processes, {args.rate:.0f} updates/s "
               f"for {args.seconds:.0f} s ({len(plan)} updates)")
-        print(f"  delivered {len(latencies)}/{expected} updates in {frames} frames")
+        print(f"  delivered {len(latencies)}/{expected} updates in {frames} frames "
+              f"({frames / max(1, connected) / elapsed:.1f} frames a second per socket; updates sent over {elapsed:.1f} s)")
         print(f"  delivery latency  {summary(latencies)}")
         print(f"  web processes     CPU {cpu_percent:5.1f}% of one core (sum), RSS {rss:6.1f} MiB (sum)")
         print(f"  load generator    clients CPU {(clients_after - clients_before) / elapsed * 100:5.1f}% of one core "

@@ -3,6 +3,7 @@ about it, and how many backend calls does that cost, against a 1-second poller d
 launchers do (inspect every handle once a second).
 
     .venv/bin/python bench/propagation.py [--backend process|docker] [--sizes 1 50 200] [--spread 3]
+        [--layout embedded|production]   (production: docker only; see bench/propagation_stack.py)
 
 Stack: the embedded default in a throwaway directory, i.e. one `manage.py serve` process with the
 watcher (and worker, beat) inside, SQLite and the in-process channel layer (no shared service is
@@ -218,6 +219,10 @@ def main() -> None:
                         help="docker: seconds with all N containers running before the first exit")
     parser.add_argument("--launch-seconds", type=float, default=0.25,
                         help="docker: planned seconds per container launch (4 in parallel)")
+    parser.add_argument("--layout", choices=("embedded", "production"), default="embedded",
+                        help="docker: production = PostgreSQL + Redis, serve --workers 2, Celery worker, manage.py watch")
+    parser.add_argument("--no-poller", dest="poller", action="store_false",
+                        help="docker: no 1-second poller beside (its inspects load dockerd: N a second)")
     parser.add_argument("--timeout", type=int, default=1200, help="seconds before the whole run is abandoned")
     args = parser.parse_args()
 
@@ -226,6 +231,8 @@ def main() -> None:
 
     signal.signal(signal.SIGALRM, give_up)
     signal.alarm(args.timeout)
+    if args.layout == "production" and args.backend != "docker":
+        parser.error("--layout production: only with --backend docker")
     if args.backend == "docker":
         from bench.propagation_docker import main_docker
 

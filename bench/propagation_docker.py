@@ -28,8 +28,12 @@ from bench.propagation_stack import (  # noqa: E402
     embedded_env,
     listen,
     login_cookie,
+    production_env,
+    production_start,
+    production_stop,
     serve_start,
     serve_stop,
+    wait_watcher,
 )
 
 
@@ -177,14 +181,15 @@ def run_docker_size(n: int, spread: float, args, ctx) -> dict:
         poller = DockerPoller(poll_url, names)  # its client's version probe happens before the counts start
         marks["a1"], marks["b1"] = await asyncio.to_thread(stats_a.snapshot), await asyncio.to_thread(stats_b.snapshot)
         marks["t1"] = time.time()
-        poller.start()
+        if args.poller:
+            poller.start()
         marks.update(jobs=jobs, poller=poller, start_at=start_at)
         # The quiet window: all N containers running, none has exited yet.
         await asyncio.sleep(max(0.0, start_at - 0.3 - time.time()))
         marks["a2"], marks["b2"] = await asyncio.to_thread(stats_a.snapshot), await asyncio.to_thread(stats_b.snapshot)
         marks["t2"] = time.time()
         end = time.monotonic() + spread + 60 + n * 0.3
-        while not ({j.pk for j in jobs} <= set(got) and len(poller.seen) == n):
+        while not ({j.pk for j in jobs} <= set(got) and (len(poller.seen) == n or not args.poller)):
             if time.monotonic() > end:
                 raise SystemExit(f"only {len(got)}/{n} terminal updates arrived, poller saw {len(poller.seen)}/{n}")
             await asyncio.sleep(0.05)  # a bench loop watching its own counters
@@ -196,7 +201,8 @@ def run_docker_size(n: int, spread: float, args, ctx) -> dict:
     asyncio.run(main())
     jobs, poller = marks["jobs"], marks["poller"]
     poller.stop.set()
-    poller.join(10)
+    if args.poller:
+        poller.join(10)
     clock_used: Counter[str] = Counter()
     push, poll, gaps = [], [], []
     for job in jobs:
@@ -208,7 +214,8 @@ def run_docker_size(n: int, spread: float, args, ctx) -> dict:
         if name in clock.finished and name in clock.die:
             gaps.append((clock.die[name] - clock.finished[name]) * 1000)
         push.append((got[job.pk] - exited) * 1000)
-        poll.append((poller.seen[name] - exited) * 1000)
+        if name in poller.seen:
+            poll.append((poller.seen[name] - exited) * 1000)
     # Where the time goes: FinishedAt -> die event is dockerd's own share; die event (this process's
     # direct subscription) -> websocket message is the dashboard's (event delivery, recording, push).
     die_to_browser = [(got[job.pk] - clock.die[job.handle["ref"]]) * 1000 for job in jobs if job.handle["ref"] in clock.die]
@@ -231,8 +238,16 @@ def run_docker_size(n: int, spread: float, args, ctx) -> dict:
     }
 
 
-def docker_report(rows: list[dict], reconcile_s: int) -> None:
-    print("\nexit -> websocket message (docker backend, embedded stack) vs 1-second poller\n")
+def docker_report(rows: list[dict], reconcile_s: int, layout: str, spread: float) -> None:
+    print(f"\nexit -> browser, docker backend, {layout} layout, exits spread over {spread:g} s\n")
+    print("| N | exits/s | push p50 / p99 | of it: dockerd's FinishedAt -> `die` p50 / p99 | ours: `die` -> browser p50 / p99 |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        rate = (row["n"] - 1) / spread if row["n"] > 1 else 0
+        print(f"| {row['n']} | {rate:.0f} | {percentile(row['push'], 50):.0f} / {percentile(row['push'], 99):.0f} ms "
+              f"| {percentile(row['die_minus_finished'], 50):.0f} / {percentile(row['die_minus_finished'], 99):.0f} ms "
+              f"| {percentile(row['die_to_browser'], 50):.0f} / {percentile(row['die_to_browser'], 99):.0f} ms |")
+    print("\nexit -> websocket message (docker backend) vs 1-second poller\n")
     print("| N | push p50 | push p99 | 1 s poll p50 | 1 s poll p99 | watcher calls/min, all N running "
           "| watcher calls, whole run | poller calls/min, all N running |")
     print("|---|---|---|---|---|---|---|---|")
@@ -254,7 +269,7 @@ def docker_report(rows: list[dict], reconcile_s: int) -> None:
               f"({'no exit inside' if row['quiet_ok'] else 'AN EXIT FELL INSIDE IT'})")
         print(f"  die event -> websocket message (the dashboard's share): p50 {percentile(row['die_to_browser'], 50):.1f} ms, "
               f"p99 {percentile(row['die_to_browser'], 99):.1f} ms")
-        print(f"  watcher (manage.py serve) calls over the whole run, by route: {dict(row['watcher_all'])}")
+        print(f"  watcher (manage.py {'watch' if layout == 'production' else 'serve'}) calls over the whole run, by route: {dict(row['watcher_all'])}")
         print(f"  watcher calls while all N ran: {dict(row['watcher_quiet'])}")
         print(f"  launch calls (this process, as the worker): {dict(row['launches'])} = "
               f"{sum(row['launches'].values()) / n:.1f}/job")
@@ -302,12 +317,13 @@ def main_docker(args) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-propagation-docker-"))
     os.chmod(tmp, 0o755)
     procs: list[subprocess.Popen] = []
-    server = clock = None
+    stack: list[subprocess.Popen] = []
+    server = clock = env = None
     try:
         proxy_a, url_a, stats_a = start_proxy(tmp, "dashboard", keep_log=True)
         proxy_b, url_b, stats_b = start_proxy(tmp, "poller", keep_log=False)
         procs += [proxy_a, proxy_b]
-        env = embedded_env(tmp)
+        env = production_env(tmp) if args.layout == "production" else embedded_env(tmp)
         from django.conf import settings
 
         stale = remove_site_containers()
@@ -316,10 +332,15 @@ def main_docker(args) -> None:
         site = docker_site(tmp, url_a)
         cookie = login_cookie()
         clock = ExitClock(site.name)
-        server, base = serve_start(env, tmp / "serve.log")
+        if args.layout == "production":  # the watcher is `manage.py watch`: its calls are the ones counted
+            stack, base, watcher_pid = production_start(env, tmp)
+        else:
+            server, base = serve_start(env, tmp / "serve.log")
+            watcher_pid = server.pid
+        wait_watcher(site)
         rows = []
         for n in args.sizes:
-            rows.append(run_docker_size(n, args.spread, args, (site, base, cookie, server.pid, url_b, stats_a,
+            rows.append(run_docker_size(n, args.spread, args, (site, base, cookie, watcher_pid, url_b, stats_a,
                                                                stats_b, clock)))
             print(f"N={n} done: push p50 {percentile(rows[-1]['push'], 50):.0f} ms, "
                   f"p99 {percentile(rows[-1]['push'], 99):.0f} ms", flush=True)
@@ -328,6 +349,8 @@ def main_docker(args) -> None:
             clock.close()
         if server is not None:
             serve_stop(server)
+        if env is not None and args.layout == "production":
+            production_stop(stack, env)
         left = remove_site_containers()
         for proc in procs:
             if proc.poll() is None:
@@ -339,4 +362,4 @@ def main_docker(args) -> None:
         if left:
             print(f"removed {left} containers at the end (label {DOCKER_SITE})")
         shutil.rmtree(tmp, ignore_errors=True)
-    docker_report(rows, settings.LAUNCHER_RECONCILE_SECONDS)
+    docker_report(rows, settings.LAUNCHER_RECONCILE_SECONDS, args.layout, args.spread)
