@@ -21,6 +21,26 @@ JOB_UID = JOB_GID = 65534  # nobody
 FAKE_MODULE = "fake_nvflare_job"  # tests/fixtures/fake_nvflare_job.py, allowed by the test sites
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    _no_late_error_counts()
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    _no_late_error_counts()
+    return (yield)
+
+
+def _no_late_error_counts() -> None:
+    # An error counted by a watcher near a test's end is written by a timer up to 5 s later: never
+    # into the next test's database, nor during the TRUNCATE that empties it (a PostgreSQL deadlock).
+    from jobs.services.runtime_facts import discard_unwritten_errors
+
+    discard_unwritten_errors()
+
+
 @functools.cache
 def job_runtime() -> dict:
     """Process settings that make test jobs run unprivileged: as JOB_UID with a python that uid can

@@ -91,6 +91,7 @@ class _ErrorTally:
         self.pending: dict[tuple, list] = {}  # key -> [count, last message]
         self.written: dict[tuple, float] = {}
         self.timer: threading.Timer | None = None
+        self.flushing: threading.Thread | None = None  # the timer thread while it writes
 
     def add(self, key: tuple, message: str) -> None:
         now = time.monotonic()
@@ -112,6 +113,7 @@ class _ErrorTally:
     def flush(self) -> None:
         with self.lock:
             pending, self.pending, self.timer = self.pending, {}, None
+            self.flushing = threading.current_thread()
             now = time.monotonic()
             for key in pending:
                 self.written[key] = now
@@ -119,9 +121,28 @@ class _ErrorTally:
             _write_errors(pending)
         finally:
             connection.close()  # a timer thread per flush: its connection must not outlive it
+            with self.lock:
+                if self.flushing is threading.current_thread():
+                    self.flushing = None
+
+    def discard(self) -> None:
+        """Forget what is not written yet and wait for a write in progress (tests, before the test
+        database is emptied: a late write from the timer thread would race that TRUNCATE)."""
+        with self.lock:
+            threads = [t for t in (self.timer, self.flushing) if t is not None]
+            self.timer, self.pending, self.written = None, {}, {}
+        for thread in threads:
+            if isinstance(thread, threading.Timer):
+                thread.cancel()
+            thread.join(timeout=5)
 
 
 _errors = _ErrorTally()
+
+
+def discard_unwritten_errors() -> None:
+    """Tests: no error count is written after this returns (see _ErrorTally.discard)."""
+    _errors.discard()
 
 
 @_never_raise
