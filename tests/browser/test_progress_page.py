@@ -39,7 +39,7 @@ def test_a_running_job_shows_its_round_live(server, new_page):
     page.goto("/sites/site-a/launch/")
     launch_replay(page, job_id, release)
     progress = page.locator("#job-progress")
-    expect(progress).to_have_text("Round 2 of 3", timeout=20000)  # while it runs
+    expect(progress).to_have_text("Round 2 of 3", timeout=60000)  # while it runs (held for up to 180 s)
     expect(page.locator("#job-state")).to_have_text("running")
     release.touch()
     expect(progress).to_have_text("Round 3 of 3", timeout=20000)
