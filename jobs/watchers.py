@@ -108,6 +108,7 @@ class LogFollower(threading.Thread):
         super().__init__(name=f"logs-{job_pk}", daemon=True)
         self.backend, self.job_pk, self.site_name, self.handle = backend, job_pk, site_name, handle
         self.stop = threading.Event()
+        self.owner: LogFollowers | None = None  # the watcher's LogFollowers that started or took it over
         self.usage = UsageFeed(backend, job_pk, handle, spec)  # CPU/memory every LAUNCHER_RESOURCE_SAMPLE_SECONDS
 
     def run(self) -> None:
@@ -150,24 +151,35 @@ class LogFollowers:
         with self._lock:
             follower = self._running.get(job.pk)
             if follower is not None and follower.is_alive():
+                # The site's newest watcher owns it: when a site's settings change its watcher is
+                # replaced, and the old one, stopping, must not stop a follower its successor found.
+                follower.owner.mine.discard(job.pk)
+                follower.owner = self
+                self.mine.add(job.pk)
                 return
             if len(self._running) >= settings.LAUNCHER_LOG_FOLLOWERS:
                 return
             follower = LogFollower(backend, job.pk, self.site_name, Handle(**job.handle), job.spec)
+            follower.owner = self
             self._running[job.pk] = follower
             self.mine.add(job.pk)
         follower.start()
 
-    def drop(self, job_pk: int) -> None:
+    def drop(self, job_pk: int, *, only_mine: bool = False) -> None:
         with self._lock:
-            follower = self._running.pop(job_pk, None)
             self.mine.discard(job_pk)
-        if follower is not None:
-            follower.stop.set()
+            follower = self._running.get(job_pk)
+            if follower is None or (only_mine and follower.owner is not self):
+                return
+            del self._running[job_pk]
+        follower.stop.set()
 
     def drop_all(self) -> None:
-        for pk in list(self.mine):
-            self.drop(pk)
+        """This watcher stops: its followers stop, but not one another watcher has taken over."""
+        with self._lock:
+            mine = list(self.mine)
+        for pk in mine:
+            self.drop(pk, only_mine=True)
 
 
 # ---------------------------------------------------------------------------------------------
