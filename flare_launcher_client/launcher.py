@@ -187,13 +187,16 @@ class _JobLauncher:
     timeout: seconds the job may take to leave queued/starting (None: no limit); past it the job is
     terminated and its handle reports 9, as NVFlare's Docker launcher does.
     role: "client" or "server"; by default taken from JOB_PROCESS_ARGS (client_name -> client).
+    resubmit_queued_after: seconds a job may stay queued before it is submitted again.
     """
 
     def __init__(self, url: str, site: str, token_env: str | None = DEFAULT_TOKEN_ENV, token_file: str | None = None,
                  timeout: float | None = 60.0, role: str | None = None, workspace: str | None = None,
-                 request_timeout: float = 30.0, retries: int = 5, token: Any = None):
+                 request_timeout: float = 30.0, retries: int = 5, token: Any = None,
+                 resubmit_queued_after: float = RESUBMIT_QUEUED_AFTER):
         super().__init__()
         self.site = site
+        self.resubmit_queued_after = resubmit_queued_after
         self.timeout = timeout
         self.role = role
         self.token_file = token_file
@@ -246,7 +249,7 @@ class _JobLauncher:
         log.info("FLARE Launcher accepted job %s on site %s as #%s (%s)", job_id, self.site, job["id"], job["state"])
         handle = handle_class()(self.client, job)
         deadline = None if self.timeout is None else started + self.timeout
-        resend_at = time.monotonic() + RESUBMIT_QUEUED_AFTER
+        resend_at = time.monotonic() + self.resubmit_queued_after
         reported = job.get("detail")
         while handle.job["state"] in ("queued", "starting"):
             now = time.monotonic()
@@ -262,7 +265,7 @@ class _JobLauncher:
                     handle._take(self.client.launch(body))
                 except LauncherError as exc:
                     log.warning("submitting job %s again: %s", job_id, exc)
-                resend_at = time.monotonic() + RESUBMIT_QUEUED_AFTER
+                resend_at = time.monotonic() + self.resubmit_queued_after
                 continue
             chunk = WAIT_CHUNK_SECONDS if deadline is None else deadline - now
             if handle.job["state"] == "queued":

@@ -5,7 +5,6 @@ the test cuts: connected, exit -> publish latency, errors that ended no job, dri
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 import pytest
@@ -20,7 +19,7 @@ from tests.live.conftest import free_port, job_state, session_cookie, ws_headers
 from tests.live.test_docker_watch import daemon, docker_site, proxy  # noqa: F401 (fixtures)
 from tests.live.test_reconcile import exited, launched
 from tests.test_metrics import TOKEN, scrape, value
-from tests.util import wait_until
+from tests.util import async_wait_until, wait_until
 
 pytestmark = [pytest.mark.embedded, pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
@@ -85,6 +84,7 @@ async def test_websocket_clients_are_counted_per_process_and_summed(users, setti
     from tests.live.communicator import WebsocketCommunicator
 
     settings.LAUNCHER_WS_HEARTBEAT_SECONDS = 1  # heartbeats refresh the process's row
+    # A fresh count for this process, written at most every 0.5 s (our own throttle, not an engine's).
     monkeypatch.setattr(runtime_facts, "websocket_clients", runtime_facts._ClientCount())
     monkeypatch.setattr(runtime_facts._ClientCount, "WRITE_SECONDS", 0.5)
 
@@ -106,10 +106,9 @@ async def test_websocket_clients_are_counted_per_process_and_summed(users, setti
         return value(s, "flare_launcher_websocket_clients"), value(s, "flare_launcher_websocket_processes")
 
     async def until(expected, message):
-        deadline = asyncio.get_running_loop().time() + 15
-        while (got := await clients()) != expected:
-            assert asyncio.get_running_loop().time() < deadline, f"{message}: {got}"
-            await asyncio.sleep(0.1)
+        async def counted():
+            return await clients() == expected
+        await async_wait_until(counted, timeout=15, interval=0.1, message=message)
 
     assert await clients() == (3, 1)
     sockets = []

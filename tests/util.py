@@ -118,3 +118,17 @@ def docker_workspace(path, *, uid: int = 1000):
         os.makedirs(os.path.join(path, sub), exist_ok=True)
     os.chown(path, uid, uid)
     return path
+
+
+async def async_wait_until(predicate, *, timeout: float = 10.0, interval: float = 0.05, message: str = "condition"):
+    """wait_until for a coroutine `predicate`, on the running loop."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message} (last value: {value!r})")
+        await asyncio.sleep(interval)

@@ -35,8 +35,8 @@ def scripted():
 
 
 @pytest.fixture(autouse=True)
-def quick(monkeypatch):
-    monkeypatch.setenv("FLARE_LAUNCHER_TOKEN", SECRET)
+def site_token(monkeypatch):
+    monkeypatch.setenv("FLARE_LAUNCHER_TOKEN", SECRET)  # the FL parent's environment
 
 
 def handle_for(client: FlareLauncherClient, job_answer: dict):
@@ -151,13 +151,12 @@ def test_return_codes_pass_the_launchers_through(scripted, answer, code):
     assert scripted.count("GET", "/") == 0
 
 
-def test_a_job_that_does_not_start_in_time_is_submitted_again_then_terminated(scripted, monkeypatch):
-    monkeypatch.setattr(launcher_module, "RESUBMIT_QUEUED_AFTER", 0.4)
+def test_a_job_that_does_not_start_in_time_is_submitted_again_then_terminated(scripted):
     scripted.script("POST", "/api/v1/jobs/7/terminate/", (202, job("aborted", return_code=9)))
     scripted.script("POST", "/api/v1/jobs/", (201, job("queued")))
     # A server that answers the long poll at once (as one shutting down does): no hot loop.
     scripted.script("GET", "/api/v1/jobs/7/wait/", (200, job("queued")))
-    launcher = FlareLauncherJobLauncher(url=scripted.url, site="site-1", timeout=1.2)
+    launcher = FlareLauncherJobLauncher(url=scripted.url, site="site-1", timeout=1.2, resubmit_queued_after=0.4)
     handle = launcher.launch_job({"job_id": "j1"}, {"job_process_args": JOB_ARGS})
     assert handle.poll() == 9 and handle.job["state"] == "aborted"
     assert scripted.count("POST", "/api/v1/jobs/7/terminate/") == 1
