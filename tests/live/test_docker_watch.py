@@ -90,6 +90,10 @@ def test_watcher_reconnects_after_the_daemon_connection_drops_and_records_the_mi
         wait_until(lambda: job_state(job.pk) == "failed", timeout=45, message="the exit to be recorded")
         wait_until(lambda: watcher.connects >= 2 and watcher.connected.is_set(), timeout=10,
                    message="the watcher to be streaming again")
+        # The exit's finisher saves the logs tail, then removes the container, off this thread: done
+        # before the test's database is emptied (a late insert there deadlocks PostgreSQL's TRUNCATE).
+        wait_until(lambda: not daemon.containers.list(all=True, filters={"name": job.handle["ref"]}), timeout=30,
+                   message="the finisher to save the tail and remove the container")
     job.refresh_from_db()
     assert job.exit_code == 137 and job.return_code == 1
     changes = transitions(job.pk)
